@@ -1,0 +1,128 @@
+"""Ingest: raw items of one work unit -> `source_images` rows, `decisions` rows and counts.
+
+Pure: no Dagster, no Ray, no storage. The asset runs `ingest_unit` in a Ray task per work unit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from curation.decisions import Decision, StageCounts
+from curation.image_io import ImageRejected, ProbeLimits, extension_matches, probe_image
+from curation.metadata import extract_metadata
+from curation.schema import SOURCE_IMAGES_SCHEMA
+from curation.sources import RawItem, ReadLimits, WorkUnit, licence_of, read_unit
+
+INGEST_CODE_VERSION = "ingest-1"
+ROW_GROUP_SIZE = 256
+"""Rows per Parquet row group of `source_images` (images are large; a few hundred rows per group)."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything that decides how a source drop is ingested."""
+
+    probe: ProbeLimits = field(default_factory=ProbeLimits)
+    """Decoding limits (pixel limit, minimum side, frame limit)."""
+    read: ReadLimits = field(default_factory=ReadLimits)
+    """Reading limits (file and sidecar sizes, unit sizes)."""
+    default_licence: str | None = None
+    """Licence recorded for samples whose sidecars name none (e.g. the licence of a whole licensed archive)."""
+
+
+@dataclass
+class UnitResult:
+    """What one work unit produced."""
+
+    rows: pa.Table
+    decisions: list[Decision]
+    counts: StageCounts
+
+
+def sha256_hex(data: bytes) -> str:
+    """The `sample_id` of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[str, Any] | None, list[Decision]]:
+    """Turn one raw item into a `source_images` row (or None) and its ledger entries.
+
+    Args:
+        item: from `read_unit`.
+        source: the partition key of the drop.
+        config: ingest settings.
+
+    Returns:
+        (row, decisions): `row` is None when the item is dropped, and then exactly one decision is a `drop`.
+        Kept rows that were normalised get a `keep` decision naming each normalisation.
+    """
+    sample_id = sha256_hex(item.data) if item.data is not None else None
+    if item.reason is not None:
+        return None, [Decision(sample_id, item.source_uri, "ingest", "drop", item.reason, details=item.details)]
+    assert item.data is not None
+    try:
+        facts = probe_image(item.data, config.probe, with_metadata=True)
+    except ImageRejected as rej:
+        return None, [Decision(sample_id, item.source_uri, "ingest", "drop", rej.reason, details=rej.details)]
+    notes = list(facts.notes) + list(item.notes)
+    if not extension_matches(facts.format, item.name):
+        notes.append(f"extension_mismatch_is_{facts.format.lower()}")
+    metadata = {"embedded": facts.metadata or {}, "sidecar": item.sidecar}
+    row = {
+        "sample_id": sample_id,
+        "source": source,
+        "source_uri": item.source_uri,
+        "image": item.data,
+        "byte_size": len(item.data),
+        "format": facts.format,
+        "width": facts.width,
+        "height": facts.height,
+        "mode": facts.mode,
+        "is_animated": facts.is_animated,
+        "n_frames": facts.n_frames,
+        "exif_orientation": facts.exif_orientation,
+        "has_icc": facts.has_icc,
+        "licence": licence_of(item.sidecar) or config.default_licence,
+        "metadata": json.dumps(metadata, ensure_ascii=False, sort_keys=True),
+        "notes": notes,
+    }
+    decisions = []
+    if notes:
+        decisions.append(Decision(sample_id, item.source_uri, "ingest", "keep", "normalised",
+                                  details={"notes": notes, "mode": facts.mode, "format": facts.format}))
+    return row, decisions
+
+
+def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig) -> UnitResult:
+    """Read and ingest every input of one work unit.
+
+    Args:
+        unit: from `plan_units`.
+        source: the partition key of the drop.
+        config: ingest settings.
+
+    Returns:
+        The kept rows (schema `SOURCE_IMAGES_SCHEMA`), every decision, and counts that balance
+        (total = kept + dropped).
+    """
+    rows: list[dict[str, Any]] = []
+    decisions: list[Decision] = []
+    counts = StageCounts()
+    for item in read_unit(unit, config.read):
+        counts.total += 1
+        row, item_decisions = ingest_item(item, source, config)
+        decisions.extend(item_decisions)
+        for d in item_decisions:
+            if d.decision == "drop":
+                counts.dropped[d.reason] += 1
+        if row is not None:
+            rows.append(row)
+            counts.kept += 1
+            counts.notes.update(row["notes"])
+    table = pa.Table.from_pylist(rows, schema=SOURCE_IMAGES_SCHEMA)
+    return UnitResult(table, decisions, counts)

@@ -1,0 +1,287 @@
+"""The `curate` command: run, demo, inspect, lineage, ui."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CORPUS = REPO_ROOT / "examples" / "corpus"
+EXAMPLE_CONFIG = REPO_ROOT / "examples" / "demo.yaml"
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+def dagster_home_for(storage: str) -> str | None:
+    """DAGSTER_HOME if set; else `<storage>/.dagster` for local storage, so `curate ui` shows `curate run`'s runs."""
+    if os.environ.get("DAGSTER_HOME"):
+        return os.environ["DAGSTER_HOME"]
+    if "://" in storage:
+        return None
+    home = Path(storage).resolve() / ".dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
+    return str(home)
+
+
+def _instance(storage: str):
+    import dagster as dg
+
+    home = dagster_home_for(storage)
+    if home is None:
+        return dg.DagsterInstance.ephemeral()
+    os.environ["DAGSTER_HOME"] = home
+    return dg.DagsterInstance.get()
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    """A YAML (or JSON) run configuration: `assets: {asset_name: {field: value}}` and `ray: {num_cpus: N}`."""
+    if not path:
+        return {}
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping at the top level")
+    unknown = set(data) - {"assets", "ray"}
+    if unknown:
+        raise SystemExit(f"{path}: unknown section(s) {sorted(unknown)}; expected 'assets' and 'ray'")
+    return data
+
+
+def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None = None,
+                 select: str | None = None, out=sys.stdout) -> list[dict[str, Any]]:
+    """Register the drops, then materialize the selection through Dagster: one run per drop, then the global assets.
+
+    Returns:
+        One summary per materialized asset partition (asset, partition, metadata, check results).
+    """
+    import dagster as dg
+
+    from assets import ALL_ASSETS
+    from assets.source_images import source_drops
+    from curation.sources import canonical_uri, drop_key
+    from orchestration.definitions import build_resources, defs
+    from orchestration.ray_adapter import init_ray
+    from orchestration.storage import TableStore
+
+    config = config or {}
+    store = TableStore(storage)
+    instance = _instance(storage)
+    for source in sources:
+        if "://" not in source and not Path(source).exists():
+            raise SystemExit(f"source drop not found: {source}")
+        key = drop_key(source)
+        store.register_source(key, canonical_uri(source))
+        if not instance.has_dynamic_partition(source_drops.name, key):
+            instance.add_dynamic_partitions(source_drops.name, [key])
+    keys = [drop_key(s) for s in sources] if sources else list(store.registered_sources())
+    for key in keys:
+        if not instance.has_dynamic_partition(source_drops.name, key):
+            instance.add_dynamic_partitions(source_drops.name, [key])
+    if not keys:
+        raise SystemExit(f"no source drops: pass --source PATH (none are registered under {storage})")
+
+    graph = defs.resolve_asset_graph()
+    selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
+    selected = selection.resolve(graph)
+    if not selected:
+        raise SystemExit(f"--select {select!r} matches no asset")
+    partitioned = [k for k in selected if graph.get(k).partitions_def == source_drops]
+    global_keys = [k for k in selected if graph.get(k).partitions_def is None]
+
+    ray_cfg = config.get("ray", {})
+    resources = build_resources(storage_root=storage, ray_num_cpus=ray_cfg.get("num_cpus"))
+    run_config = {"ops": {name: {"config": cfg} for name, cfg in (config.get("assets") or {}).items()
+                          if dg.AssetKey(name) in selected},
+                  "loggers": {"console": {"config": {"log_level": os.environ.get("ATELIER_LOG_LEVEL", "INFO")}}}}
+    init_ray(ray_cfg.get("num_cpus"))  # one Ray for every run this command makes
+    summaries: list[dict[str, Any]] = []
+    runs = [(key, partitioned) for key in keys if partitioned]
+    if global_keys:
+        runs.append((None, global_keys))
+    for partition, asset_keys in runs:
+        result = dg.materialize(ALL_ASSETS, selection=asset_keys, partition_key=partition, instance=instance,
+                                resources=resources, run_config=run_config, raise_on_error=False,
+                                tags={"atelier/cli": "curate run"})
+        if not result.success:
+            failure = next((e for e in result.all_events if e.is_failure), None)
+            message = failure.message if failure else "unknown failure"
+            raise SystemExit(f"run {result.run_id} failed for partition {partition or '(global)'}: {message}")
+        for event in result.get_asset_materialization_events():
+            mat = event.event_specific_data.materialization
+            summaries.append({
+                "asset": mat.asset_key.to_user_string(),
+                "partition": mat.partition,
+                "run_id": result.run_id,
+                "metadata": {k: _plain(v) for k, v in mat.metadata.items()},
+            })
+        for evaluation in result.get_asset_check_evaluations():
+            summaries.append({"check": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(),
+                              "partition": partition, "passed": evaluation.passed})
+    return summaries
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", getattr(value, "path", getattr(value, "text", value)))
+
+
+def print_summary(summaries: list[dict[str, Any]], out=sys.stdout) -> None:
+    """A table of what each asset partition kept and dropped, and whether its checks passed."""
+    checks = {(s["asset"], s["partition"], s["check"]): s["passed"] for s in summaries if "check" in s}
+    print(f"{'asset':<22} {'partition':<28} {'in':>6} {'kept':>6} {'dropped':>8}  checks  drop reasons", file=out)
+    for s in summaries:
+        if "check" in s:
+            continue
+        meta = s["metadata"]
+        mine = [ok for (a, p, _), ok in checks.items() if a == s["asset"] and p == s["partition"]]
+        status = "ok" if mine and all(mine) else ("FAIL" if mine else "-")
+        reasons = ", ".join(f"{k[len('dropped_'):]}={v}" for k, v in meta.items() if k.startswith("dropped_"))
+        print(f"{s['asset']:<22} {str(s['partition'] or '-'):<28} {meta.get('total', ''):>6} {meta.get('kept', ''):>6} "
+              f"{meta.get('dropped', ''):>8}  {status:<6}  {reasons}", file=out)
+
+
+# ------------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    summaries = run_pipeline(args.source or [], args.storage, load_config(args.config), args.select)
+    print_summary(summaries)
+    return 0 if all(s.get("passed", True) for s in summaries) else 1
+
+
+def demo_sources() -> list[str]:
+    """The source drops of the bundled sample corpus (each folder, tar and manifest under examples/corpus)."""
+    if not EXAMPLE_CORPUS.is_dir():
+        raise SystemExit(f"the sample corpus is missing: {EXAMPLE_CORPUS}")
+    return [str(p) for p in sorted(EXAMPLE_CORPUS.iterdir()) if not p.name.startswith((".", "ATTRIBUTION"))]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    sources = demo_sources()
+    config = load_config(str(EXAMPLE_CONFIG) if EXAMPLE_CONFIG.exists() else None)
+    print(f"curate demo: {len(sources)} source drops from {EXAMPLE_CORPUS} -> {args.storage}")
+    summaries = run_pipeline(sources, args.storage, config)
+    print_summary(summaries)
+    kept = sum(s["metadata"].get("kept", 0) for s in summaries if "metadata" in s and s["asset"] == "source_images")
+    total = sum(s["metadata"].get("total", 0) for s in summaries if "metadata" in s and s["asset"] == "source_images")
+    print(f"\n{total} inputs, {kept} kept, {total - kept} recorded in the decisions ledger with a reason.")
+    print(f"Explore: curate lineage <sample_id or path> --storage {args.storage}   |   "
+          f"curate ui --storage {args.storage}")
+    return 0 if all(s.get("passed", True) for s in summaries) else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from curation.image_io import ImageRejected, ProbeLimits, probe_image
+    from curation.ingest import sha256_hex
+    from curation.sources import RawItem, ReadLimits, plan_units, read_unit
+
+    limits = ProbeLimits(min_side=args.min_side)
+    for path in args.paths:
+        items: list[RawItem]
+        try:
+            items = [item for unit in plan_units(path, ReadLimits()) for item in read_unit(unit)]
+        except FileNotFoundError as exc:
+            items = [RawItem(path, path, reason="missing_file", details={"error": str(exc)})]
+        for item in items:
+            record: dict[str, Any] = {"path": item.source_uri, "sample_id": None, "format": None, "width": None,
+                                      "height": None, "mode": None, "notes": item.notes, "error": item.reason}
+            if item.data is not None:
+                record["sample_id"] = sha256_hex(item.data)
+            if item.reason is None and item.data is not None:
+                try:
+                    facts = probe_image(item.data, limits)
+                    record.update(format=facts.format, width=facts.width, height=facts.height, mode=facts.mode,
+                                  n_frames=facts.n_frames, notes=facts.notes + item.notes)
+                except ImageRejected as rej:
+                    record["error"] = rej.reason
+                    record["error_detail"] = rej.details.get("message")
+            elif item.details:
+                record["error_detail"] = item.details
+            print(json.dumps(record, default=str))
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from orchestration.lineage import find_lineage, format_lineage
+
+    report = find_lineage(args.storage, args.sample)
+    if not report["records"] and not report["decisions"]:
+        print(f"nothing about {args.sample!r} under {args.storage}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2, default=str) if args.json else format_lineage(report))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    storage = str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage
+    env = dict(os.environ, ATELIER_STORAGE=storage)
+    home = dagster_home_for(args.storage)
+    if home:
+        env["DAGSTER_HOME"] = home
+    exe = Path(sys.executable).with_name("dagster")
+    cmd = [str(exe) if exe.exists() else "dagster", "dev", "-m", "orchestration.definitions",
+           "-h", args.host, "-p", str(args.port)]
+    # `dagster dev` inherits an ignored SIGINT from a backgrounded shell; restore it so SIGINT/SIGTERM stop the UI.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.chdir(REPO_ROOT)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description="Atelier: curate image data for a DiT.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="materialize assets through Dagster")
+    run.add_argument("--source", action="append", help="a source drop (folder, .tar, .parquet); repeatable")
+    run.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"), help="storage root (dir/URI)")
+    run.add_argument("--config", help="YAML run configuration (see examples/demo.yaml)")
+    run.add_argument("--select", help="Dagster asset selection, e.g. '*deduplicated_images' (default: all)")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="run every asset on the bundled sample corpus and print a summary")
+    demo.add_argument("--storage", default="data/demo")
+    demo.set_defaults(func=cmd_demo)
+
+    inspect = sub.add_parser("inspect", help="one JSON line per image: what ingest sees")
+    inspect.add_argument("paths", nargs="+")
+    inspect.add_argument("--min-side", type=int, default=1, help="report too_small below this side (default 1)")
+    inspect.set_defaults(func=cmd_inspect)
+
+    lineage = sub.add_parser("lineage", help="everything known about one sample")
+    lineage.add_argument("sample", metavar="SAMPLE_ID_OR_PATH")
+    lineage.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
+    lineage.add_argument("--json", action="store_true")
+    lineage.set_defaults(func=cmd_lineage)
+
+    ui = sub.add_parser("ui", help="the Dagster UI over a storage root")
+    ui.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
+    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_env()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""The one place where pipeline code meets Ray.
+
+Two shapes of work:
+- `run_units`: independent work units (one per Parquet part) as Ray tasks with retries; each task writes its own part,
+  so nothing large flows back through the driver, and a retried task rewrites the same part atomically.
+- `map_stage`: a `Stage` (setup once per actor, `process_batch(table) -> table`) as Ray Data `map_batches` over an
+  actor pool sized so that it can never hold every CPU (on 2 cores a full pool deadlocks the read tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """What one actor of a stage needs."""
+
+    num_cpus: float = 1.0
+    """CPUs reserved per actor (fractions allowed)."""
+    num_gpus: float = 0.0
+    """GPUs reserved per actor; declared, never probed on the driver."""
+    batch_size: int = 64
+    """Rows per `process_batch` call."""
+    max_actors: int | None = None
+    """Upper bound on the pool size (None: as many as the CPUs allow, leaving room for reads)."""
+
+
+class Stage(Protocol):
+    """A processing step, independent of any executor (datatrove / NeMo Curator style)."""
+
+    name: str
+    resources: StageResources
+
+    def setup(self) -> None:
+        """Load models or other per-worker state (called once per actor)."""
+
+    def process_batch(self, table: pa.Table) -> pa.Table:
+        """Transform one batch of rows."""
+
+
+def init_ray(num_cpus: int | None = None, **options: Any) -> bool:
+    """Start (or join) Ray once per process; returns True if this call started it.
+
+    `RAY_ADDRESS` in the environment joins an existing cluster; otherwise an embedded local cluster is started with
+    the machine's CPUs.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "logging_level": logging.WARNING, **options}
+    if not os.environ.get("RAY_ADDRESS"):
+        kwargs.setdefault("num_cpus", num_cpus or os.cpu_count() or 1)
+        kwargs.setdefault("include_dashboard", False)
+    ray.init(**kwargs)
+    return True
+
+
+def cluster_cpus() -> float:
+    """CPUs of the connected cluster."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def run_units(fn: Callable[[T], R], units: Iterable[T], *, num_cpus: float = 1.0, max_retries: int = 3,
+              max_in_flight: int | None = None, progress: Callable[[int, int], None] | None = None) -> Iterator[R]:
+    """Run `fn(unit)` for every unit as Ray tasks; yield results as they finish (not in submission order).
+
+    Tasks are retried on worker death (`max_retries`), and on exceptions too, since a unit's output is written
+    atomically and a retry simply rewrites it.
+
+    Args:
+        fn: a picklable top-level function.
+        units: its inputs.
+        num_cpus: CPUs per task.
+        max_retries: retries of a failed or lost task.
+        max_in_flight: most tasks submitted at once (default: twice the cluster's task slots).
+        progress: called with (done, total) after each result.
+    """
+    import ray
+
+    pending_units = list(units)
+    total = len(pending_units)
+    if total == 0:
+        return
+    remote = ray.remote(num_cpus=num_cpus, max_retries=max_retries, retry_exceptions=True)(fn)
+    limit = max_in_flight or max(2, 2 * int(cluster_cpus() // max(num_cpus, 1e-3)))
+    in_flight: list[Any] = []
+    done = 0
+    next_index = 0
+    while next_index < total or in_flight:
+        while next_index < total and len(in_flight) < limit:
+            in_flight.append(remote.remote(pending_units[next_index]))
+            next_index += 1
+        ready, in_flight = ray.wait(in_flight, num_returns=1)
+        for ref in ready:
+            result = ray.get(ref)
+            done += 1
+            if progress:
+                progress(done, total)
+            yield result
+
+
+def actor_pool_size(resources: StageResources, cpus: float, reserve_cpus: float = 1.0) -> int:
+    """Actors that fit while leaving `reserve_cpus` for Ray Data's read and write tasks (at least one actor)."""
+    usable = max(cpus - reserve_cpus, resources.num_cpus)
+    size = max(1, math.floor(usable / max(resources.num_cpus, 1e-3)))
+    return min(size, resources.max_actors) if resources.max_actors else size
+
+
+class _StageActor:
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.stage.process_batch(batch)
+
+
+def map_stage(dataset: Any, stage: Stage) -> Any:
+    """Apply a `Stage` to a Ray Dataset with an actor pool (one `setup()` per actor).
+
+    Args:
+        dataset: a `ray.data.Dataset` of Arrow batches.
+        stage: the step to run.
+
+    Returns:
+        The transformed (lazy) dataset.
+    """
+    from ray.data import ActorPoolStrategy
+
+    res = stage.resources
+    size = actor_pool_size(res, cluster_cpus())
+    log.info("stage %s: %d actor(s), %.2f CPU / %.2f GPU each", stage.name, size, res.num_cpus, res.num_gpus)
+    return dataset.map_batches(
+        _StageActor,
+        fn_constructor_args=(stage,),
+        batch_size=res.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=size),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus or None,
+    )
+
+
+class Throughput:
+    """Items per second since construction."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def per_second(self, items: int) -> float:
+        """Rate over the elapsed wall time."""
+        elapsed = time.perf_counter() - self.start
+        return items / elapsed if elapsed > 0 else 0.0
