@@ -172,7 +172,7 @@ def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits(), with_metadata:
         except UnidentifiedImageError as exc:
             if fmt in {"AVIF", "HEIF"}:
                 raise ImageRejected("unsupported_format", f"no decoder for {fmt} installed", detected=fmt) from exc
-            raise ImageRejected("undecodable", f"{fmt} signature but Pillow cannot parse it: {exc}") from exc
+            raise ImageRejected("undecodable", f"{fmt} signature but Pillow cannot parse the header") from exc
         except Exception as exc:  # Pillow raises many types on hostile headers
             raise _classify_decode_error(exc) from exc
         width, height = img.size

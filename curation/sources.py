@@ -366,12 +366,7 @@ def parse_json_sidecar(raw: bytes, limits: ReadLimits) -> tuple[dict[str, Any], 
     """
     if len(raw) > limits.max_sidecar_bytes:
         return {}, ["sidecar_too_large_ignored"]
-    notes = []
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        notes.append("sidecar_not_utf8")
+    text, notes = _decode_text(raw)
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
@@ -385,10 +380,20 @@ def parse_text_sidecar(raw: bytes, limits: ReadLimits) -> tuple[str | None, list
     """Decode a `.txt` sidecar (a caption); oversized ones are ignored and non-UTF-8 bytes replaced, with notes."""
     if len(raw) > limits.max_sidecar_bytes:
         return None, ["sidecar_too_large_ignored"]
+    text, notes = _decode_text(raw)
+    return text.strip(), notes
+
+
+def _decode_text(raw: bytes) -> tuple[str, list[str]]:
+    """UTF-8, else the Windows/Latin-1 code pages that legacy sidecars use (never lossy, always noted)."""
     try:
-        return raw.decode("utf-8-sig").strip(), []
+        return raw.decode("utf-8-sig"), []
     except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="replace").strip(), ["sidecar_not_utf8"]
+        pass
+    try:
+        return raw.decode("cp1252"), ["sidecar_not_utf8_read_as_cp1252"]
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), ["sidecar_not_utf8_read_as_latin1"]
 
 
 def licence_of(sidecar: dict[str, Any]) -> str | None:

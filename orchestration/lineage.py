@@ -10,7 +10,6 @@ from typing import Any
 
 import pyarrow.dataset as pads
 
-from curation.decisions import DECISIONS_SCHEMA
 from curation.schema import SOURCE_IMAGES_SCHEMA
 from curation.sources import canonical_uri
 from orchestration.storage import TableStore
@@ -47,14 +46,13 @@ def find_lineage(storage: str, query: str) -> dict[str, Any]:
         conditions.append(pads.field("source_uri") == uri)
     condition = conditions[0] if len(conditions) == 1 else conditions[0] | conditions[1]
     columns = [n for n in SOURCE_IMAGES_SCHEMA.names if n != "image"]
-    records = store.read_table(f"{store.base}/source_images", columns=columns, filter=condition,
+    records = store.read_table(store.asset_dir("source_images"), columns=columns, filter=condition,
                                schema=SOURCE_IMAGES_SCHEMA).to_pylist()
     ids = sorted({r["sample_id"] for r in records} | ({sample_id} if sample_id else set()))
     ledger_condition = condition
     if ids:
         ledger_condition = condition | pads.field("sample_id").isin(ids)
-    decisions = store.read_table(f"{store.base}/decisions", filter=ledger_condition,
-                                 schema=DECISIONS_SCHEMA).to_pylist()
+    decisions = store.read_decisions(filter=ledger_condition).to_pylist()
     for row in records:
         row["metadata"] = json.loads(row["metadata"])
     for d in decisions:

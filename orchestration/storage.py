@@ -51,6 +51,10 @@ class TableStore:
         return (TableStore, (self.root,))
 
     # ----------------------------------------------------------------------------------------------------- paths
+    def asset_dir(self, asset: str) -> str:
+        """Directory holding every partition of an asset."""
+        return posixpath.join(self.base, asset)
+
     def dir(self, asset: str, partition: str | None = None) -> str:
         """Directory of one asset partition (`_` when unpartitioned)."""
         return posixpath.join(self.base, asset, partition or UNPARTITIONED)
@@ -144,7 +148,7 @@ class TableStore:
 
     def list_partitions(self, asset: str) -> list[str]:
         """Partition directories of an asset."""
-        selector = pafs.FileSelector(posixpath.join(self.base, asset), allow_not_found=True)
+        selector = pafs.FileSelector(self.asset_dir(asset), allow_not_found=True)
         return sorted(posixpath.basename(i.path) for i in self.fs.get_file_info(selector)
                       if i.type == pafs.FileType.Directory)
 
@@ -185,7 +189,7 @@ class TableStore:
 
     def read_decisions(self, asset: str | None = None, filter: pads.Expression | None = None) -> pa.Table:
         """The ledger of one asset (or of all assets), optionally filtered."""
-        directory = posixpath.join(self.base, "decisions", asset) if asset else posixpath.join(self.base, "decisions")
+        directory = self.asset_dir(f"decisions/{asset}" if asset else "decisions")
         return self.read_table(directory, filter=filter, schema=DECISIONS_SCHEMA)
 
     # ----------------------------------------------------------------------------------------- source drop registry
