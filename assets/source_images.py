@@ -63,9 +63,8 @@ def ingest_and_write(task: tuple[TableStore, str, WorkUnit, IngestConfig, str, s
 def _finished_summary(store: TableStore, partition: str, unit: WorkUnit, chash: str) -> dict | None:
     summary = store.part_summary(store.part_path(ASSET, partition, unit.index))
     ledger_ok = store.exists(store.part_path("decisions/" + ASSET, partition, unit.index))
-    if summary and ledger_ok and summary.get("fingerprint") == unit.fingerprint and summary.get("config_hash") == chash:
-        return summary
-    return None
+    current = summary and summary.get("fingerprint") == unit.fingerprint and summary.get("config_hash") == chash
+    return summary if current and ledger_ok else None
 
 
 def verify_accounting(store: TableStore, partition: str, n_units: int) -> tuple[bool, dict]:
@@ -99,7 +98,7 @@ def verify_accounting(store: TableStore, partition: str, n_units: int) -> tuple[
 )
 def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig, storage: StorageResource,
                   ray_cluster: AtelierRay) -> dg.MaterializeResult:
-    """Every input of one source drop, as original bytes plus decoded facts and all metadata; refusals go to decisions."""
+    """Every input of one source drop: original bytes, decoded facts and all metadata; refusals go to decisions."""
     partition = context.partition_key
     store = storage.store()
     source = store.source_uri(partition)
@@ -146,7 +145,7 @@ def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig,
         "parts": len(units),
         "parts_reused": len(units) - len(todo),
         "images_per_second": round(clock.per_second(fresh.total), 2),
-        "drop_reasons": dg.MetadataValue.md("| reason | count |\n| --- | --- |\n" + reasons if reasons else "no drops"),
+        "drop_reasons": dg.MetadataValue.md(f"| reason | count |\n| --- | --- |\n{reasons}" if reasons else "none"),
     }
     check = dg.AssetCheckResult(check_name="accounting", passed=passed, metadata=check_meta,
                                 severity=dg.AssetCheckSeverity.ERROR)

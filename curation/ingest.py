@@ -14,7 +14,6 @@ import pyarrow as pa
 
 from curation.decisions import Decision, StageCounts
 from curation.image_io import ImageRejected, ProbeLimits, extension_matches, probe_image
-from curation.metadata import extract_metadata
 from curation.schema import SOURCE_IMAGES_SCHEMA
 from curation.sources import RawItem, ReadLimits, WorkUnit, licence_of, read_unit
 

@@ -159,7 +159,8 @@ def _list_local(root: str) -> tuple[list[tuple[str, int, int]], list[FileEntry]]
                                              details=json.dumps({"target": target})))
                     continue
                 if not os.path.exists(target):
-                    refused.append(FileEntry(rel, reason="unreadable", details=json.dumps({"error": "dangling symlink"})))
+                    refused.append(FileEntry(rel, reason="unreadable",
+                                             details=json.dumps({"error": "dangling symlink"})))
                     continue
             try:
                 st = os.stat(full)
@@ -170,14 +171,18 @@ def _list_local(root: str) -> tuple[list[tuple[str, int, int]], list[FileEntry]]
     return files, refused
 
 
+def _mtime_of(info: dict[str, Any]) -> int:
+    mtime = info.get("mtime") or info.get("LastModified") or 0
+    return int(mtime.timestamp()) if hasattr(mtime, "timestamp") else int(float(mtime))
+
+
 def _list_remote(root: str) -> list[tuple[str, int, int]]:
     fs, path = _fs(root)
     found = fs.find(path, withdirs=False, detail=True)
     out = []
     for full, info in sorted(found.items()):
         rel = posixpath.relpath(full, path)
-        mtime = info.get("mtime") or info.get("LastModified") or 0
-        out.append((rel, int(info.get("size") or 0), int(getattr(mtime, "timestamp", lambda: mtime)())))
+        out.append((rel, int(info.get("size") or 0), _mtime_of(info)))
     return out
 
 
@@ -208,8 +213,8 @@ def _load_jsonl(root: str, rel: str, limits: ReadLimits) -> tuple[dict[str, str]
             if not isinstance(record, dict):
                 problems.append(f"line {lineno}: not a JSON object")
                 continue
-            name = next((record[k] for k in ("file_name", "file", "path", "filename") if isinstance(record.get(k), str)),
-                        None)
+            name = next((record[k] for k in ("file_name", "file", "path", "filename")
+                         if isinstance(record.get(k), str)), None)
             if name is None:
                 problems.append(f"line {lineno}: no file_name/file/path field")
                 continue
@@ -255,11 +260,13 @@ def plan_units(source: str, limits: ReadLimits = ReadLimits()) -> list[WorkUnit]
     loose: list[tuple[str, int, int]] = []
     jsonl_records: dict[str, str] = {}
     jsonl_problems: dict[str, list[str]] = {}
+    jsonl_owner: dict[str, str] = {}
     for rel, size, mtime in listing:
         lower = rel.lower()
         if posixpath.basename(lower) == METADATA_JSONL:
             recs, issues = _load_jsonl(root, rel, limits)
             jsonl_records.update(recs)
+            jsonl_owner.update(dict.fromkeys(recs, rel))
             jsonl_problems.setdefault(rel, []).extend(issues)
             continue
         ext = posixpath.splitext(lower)[1]
@@ -285,8 +292,7 @@ def plan_units(source: str, limits: ReadLimits = ReadLimits()) -> list[WorkUnit]
         fingerprint_rows.append((rel, size, mtime))
     matched = {posixpath.normpath(e.path) for e in entries}
     for key in sorted(set(jsonl_records) - matched):
-        owner = next(r for r in jsonl_problems if posixpath.dirname(r) == "" or key.startswith(posixpath.dirname(r) + "/"))
-        jsonl_problems[owner].append(f"record for {key}: no such file in the drop")
+        jsonl_problems[jsonl_owner[key]].append(f"record for {key}: no such file in the drop")
     # A metadata.jsonl with unusable lines is an input partly dropped: it gets its own ledger row.
     problems = [FileEntry(rel, reason="invalid_sidecar_lines", details=json.dumps({"problems": issues}))
                 for rel, issues in sorted(jsonl_problems.items()) if issues]

@@ -28,8 +28,8 @@ class SourceWatch(dg.ConfigurableResource):
 
     roots: list[str] = Field(default_factory=lambda: _split_roots(os.environ.get("ATELIER_SOURCE_ROOTS")),
                              description="Watched roots (default: ATELIER_SOURCE_ROOTS, separated by ':' or ',').")
-    settle_seconds: float = Field(default=60.0,
-                                  description="A drop is picked up once nothing in its top level changed for this long.")
+    settle_seconds: float = Field(
+        default=60.0, description="A drop is picked up once nothing in its top level changed for this long.")
 
     def find_drops(self, now: float | None = None) -> list[str]:
         """Settled children of the watched roots, as canonical URIs."""
@@ -75,7 +75,7 @@ def source_drop_sensor(context: dg.SensorEvaluationContext, source_watch: Source
 @dg.schedule(job=ingest_job, cron_schedule=os.environ.get("ATELIER_RECURATION_CRON", DEFAULT_RECURATION_CRON),
              default_status=dg.DefaultScheduleStatus.STOPPED)
 def recuration_schedule(context: dg.ScheduleEvaluationContext):
-    """Re-curates every registered drop (weekly by default): changed drops, limits or code are re-ingested, the rest reused."""
+    """Re-curates every registered drop weekly: changed drops, limits or code are re-ingested, the rest reused."""
     tick = context.scheduled_execution_time.strftime("%Y%m%dT%H%M")
     keys = context.instance.get_dynamic_partitions(source_drops.name)
     if not keys:

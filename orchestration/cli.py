@@ -63,7 +63,7 @@ def load_config(path: str | None) -> dict[str, Any]:
 
 
 def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None = None,
-                 select: str | None = None, out=sys.stdout) -> list[dict[str, Any]]:
+                 select: str | None = None) -> list[dict[str, Any]]:
     """Register the drops, then materialize the selection through Dagster: one run per drop, then the global assets.
 
     Returns:
@@ -96,8 +96,10 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
         raise SystemExit(f"no source drops: pass --source PATH (none are registered under {storage})")
 
     graph = defs.resolve_asset_graph()
-    selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
-    selected = selection.resolve(graph)
+    try:
+        selected = (dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()).resolve(graph)
+    except Exception as exc:  # Dagster raises several types for bad selections; all mean the same to a user
+        raise SystemExit(f"--select {select!r} matches no asset: {exc}") from exc
     if not selected:
         raise SystemExit(f"--select {select!r} matches no asset")
     partitioned = [k for k in selected if graph.get(k).partitions_def == source_drops]
@@ -139,8 +141,9 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", getattr(value, "path", getattr(value, "text", value)))
 
 
-def print_summary(summaries: list[dict[str, Any]], out=sys.stdout) -> None:
+def print_summary(summaries: list[dict[str, Any]], out=None) -> None:
     """A table of what each asset partition kept and dropped, and whether its checks passed."""
+    out = out or sys.stdout
     checks = {(s["asset"], s["partition"], s["check"]): s["passed"] for s in summaries if "check" in s}
     print(f"{'asset':<22} {'partition':<28} {'in':>6} {'kept':>6} {'dropped':>8}  checks  drop reasons", file=out)
     for s in summaries:
@@ -150,7 +153,8 @@ def print_summary(summaries: list[dict[str, Any]], out=sys.stdout) -> None:
         mine = [ok for (a, p, _), ok in checks.items() if a == s["asset"] and p == s["partition"]]
         status = "ok" if mine and all(mine) else ("FAIL" if mine else "-")
         reasons = ", ".join(f"{k[len('dropped_'):]}={v}" for k, v in meta.items() if k.startswith("dropped_"))
-        print(f"{s['asset']:<22} {str(s['partition'] or '-'):<28} {meta.get('total', ''):>6} {meta.get('kept', ''):>6} "
+        partition = str(s["partition"] or "-")
+        print(f"{s['asset']:<22} {partition:<28} {meta.get('total', ''):>6} {meta.get('kept', ''):>6} "
               f"{meta.get('dropped', ''):>8}  {status:<6}  {reasons}", file=out)
 
 

@@ -23,7 +23,8 @@ from curation.sources import (
 from tests.conftest import encode, make_image
 
 
-def items_of(source, limits=ReadLimits()):
+def items_of(source, limits=None):
+    limits = limits or ReadLimits()
     return [item for unit in plan_units(str(source), limits) for item in read_unit(unit, limits)]
 
 
@@ -47,7 +48,8 @@ def test_directory_with_json_txt_and_jsonl_sidecars(tmp_path):
 
 def test_bad_jsonl_lines_are_a_ledger_entry_not_a_crash(tmp_path):
     (tmp_path / "a.jpg").write_bytes(encode(make_image(), "JPEG"))
-    (tmp_path / "metadata.jsonl").write_bytes(b'{"file_name": "a.jpg", "alt": "ok"}\nnot json\n{"file_name": "gone.jpg"}\n')
+    lines = b'{"file_name": "a.jpg", "alt": "ok"}\nnot json\n{"file_name": "gone.jpg"}\n'
+    (tmp_path / "metadata.jsonl").write_bytes(lines)
     items = by_name(items_of(tmp_path))
     assert items["a.jpg"].sidecar["alt"] == "ok"
     problems = items["metadata.jsonl"]

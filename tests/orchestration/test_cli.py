@@ -1,0 +1,128 @@
+"""The `curate` command: inspect, run (through Dagster), lineage, demo and ui."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestration import cli
+from tests.conftest import encode, make_image
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    root = tmp_path / "hostile"
+    root.mkdir()
+    good = encode(make_image(120, 90, seed=1), "JPEG")
+    (root / "good.jpg").write_bytes(good)
+    (root / "good.txt").write_text("a good picture")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "half.jpg").write_bytes(good[: len(good) // 2])
+    (root / "text.png").write_bytes(b"hello")
+    (root / "wrong_ext.gif").write_bytes(encode(make_image(120, 90, seed=2), "PNG"))
+    os.symlink("/etc/hostname", root / "leak.jpg")
+    return root
+
+
+@pytest.fixture
+def isolated_home(monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    yield
+    os.environ.pop("DAGSTER_HOME", None)
+
+
+def test_inspect_prints_one_json_line_per_input(hostile, capsys):
+    assert cli.main(["inspect", str(hostile)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = {Path(r["path"]).name: r for r in lines}
+    assert set(by_name) == {"good.jpg", "empty.jpg", "half.jpg", "text.png", "wrong_ext.gif", "leak.jpg"}
+    good = by_name["good.jpg"]
+    assert (good["format"], good["width"], good["height"], good["error"]) == ("JPEG", 120, 90, None)
+    assert len(good["sample_id"]) == 64
+    assert by_name["empty.jpg"]["error"] == "empty"
+    assert by_name["half.jpg"]["error"] == "truncated"
+    assert by_name["text.png"]["error"] == "not_an_image"
+    assert by_name["leak.jpg"]["error"] == "symlink_outside_root"
+    assert by_name["wrong_ext.gif"]["format"] == "PNG"
+
+
+def test_run_accounts_for_every_hostile_file_and_lineage_explains(ray_session, hostile, storage, capsys,
+                                                                  isolated_home):
+    code = cli.main(["run", "--source", str(hostile), "--storage", storage, "--select", "source_images"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    line = next(row for row in out.splitlines() if row.startswith("source_images"))
+    assert line.split()[2:6] == ["6", "2", "4", "ok"], line
+    # runs are recorded in a Dagster instance under the storage, which `curate ui` serves
+    assert (Path(storage) / ".dagster").is_dir()
+
+    assert cli.main(["lineage", str(hostile / "good.jpg"), "--storage", storage, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (record,) = report["records"]
+    assert record["metadata"]["sidecar"] == {"caption": "a good picture"}
+    assert report["decisions"] == []
+
+    assert cli.main(["lineage", str(hostile / "half.jpg"), "--storage", storage]) == 0
+    text = capsys.readouterr().out
+    assert "[ingest] drop truncated" in text and "not in source_images" in text
+
+    sample_id = record["sample_id"]
+    assert cli.main(["lineage", sample_id, "--storage", storage]) == 0
+    assert str(hostile / "good.jpg") in capsys.readouterr().out
+    assert cli.main(["lineage", "0" * 64, "--storage", storage]) == 1
+
+
+def test_run_rejects_an_unknown_selection(ray_session, hostile, storage, isolated_home):
+    with pytest.raises(SystemExit, match="matches no asset"):
+        cli.main(["run", "--source", str(hostile), "--storage", storage, "--select", "no_such_asset"])
+
+
+def test_demo_accounts_for_the_whole_sample_corpus(ray_session, tmp_path, capsys, isolated_home):
+    storage = str(tmp_path / "demo")
+    assert cli.main(["demo", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    summary = next(line for line in out.splitlines() if line.endswith("with a reason."))
+    total, kept = int(summary.split()[0]), int(summary.split()[2])
+    assert total >= 80 and 0 < kept < total
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_and_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "ui", "--storage", str(tmp_path / "s"),
+                             "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        info = None
+        while time.time() < deadline and info is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as resp:
+                    info = json.loads(resp.read())
+            except OSError:
+                time.sleep(1)
+        assert info and info["dagster_version"] == "1.13.27"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,69 @@
+"""The Ray adapter: unit tasks retry after failures, actor pools never take every CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pytest
+
+from orchestration.ray_adapter import StageResources, actor_pool_size, map_stage, run_units
+
+pytestmark = pytest.mark.slow
+
+
+def _flaky(task):
+    marker, value = task
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return value * 2
+
+
+def test_run_units_retries_a_failed_unit(ray_session, tmp_path):
+    tasks = [(str(tmp_path / f"m{i}"), i) for i in range(4)]
+    assert sorted(run_units(_flaky, tasks, num_cpus=1.0, max_retries=2)) == [0, 2, 4, 6]
+
+
+def _negate(x: int) -> int:
+    return -x
+
+
+def test_run_units_reports_progress_and_handles_nothing(ray_session):
+    seen = []
+    assert sorted(run_units(_negate, [1, 2, 3], progress=lambda d, t: seen.append((d, t)))) == [-3, -2, -1]
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert list(run_units(_negate, [])) == []
+
+
+def test_actor_pool_leaves_room_for_reads():
+    assert actor_pool_size(StageResources(num_cpus=1.0), cpus=2) == 1
+    assert actor_pool_size(StageResources(num_cpus=0.5), cpus=2) == 2
+    assert actor_pool_size(StageResources(num_cpus=1.0), cpus=16) == 15
+    assert actor_pool_size(StageResources(num_cpus=1.0, max_actors=4), cpus=16) == 4
+    assert actor_pool_size(StageResources(num_cpus=4.0), cpus=2) == 1
+
+
+class _Doubler:
+    name = "doubler"
+    resources = StageResources(num_cpus=1.0, batch_size=8)
+
+    def __init__(self) -> None:
+        self.factor = None
+
+    def setup(self) -> None:
+        self.factor = 2
+
+    def process_batch(self, table: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
+        return table.set_column(0, "x", pc.multiply(table.column("x"), self.factor))
+
+
+def test_map_stage_runs_setup_once_per_actor_without_deadlock(ray_session):
+    import ray
+
+    ds = ray.data.from_arrow(pa.table({"x": list(range(40))}))
+    out = map_stage(ds, _Doubler()).to_arrow_refs()
+    values = sorted(v for ref in out for v in ray.get(ref).column("x").to_pylist())
+    assert values == [2 * i for i in range(40)]
