@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/curate demo --storage data/demo
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: install

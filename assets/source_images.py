@@ -104,7 +104,9 @@ def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig,
     source = store.source_uri(partition)
     ingest_config = config.to_ingest_config()
     chash = config_hash(ingest_config)
+    clock = Throughput()
     units = plan_units(source, ingest_config.read)
+    seconds_plan = clock.elapsed()
     removed = store.remove_parts_from(store.dir(ASSET, partition), len(units))
     store.remove_parts_from(store.decisions_dir(ASSET, partition), len(units))
     if removed:
@@ -126,10 +128,14 @@ def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig,
         summaries.append(summary)
         fresh.add(StageCounts.from_dict(summary["counts"]))
 
+    images_per_second = clock.per_second(fresh.total)
+    seconds_ingest = clock.elapsed()
     counts = StageCounts()
     for s in summaries:
         counts.add(StageCounts.from_dict(s["counts"]))
+    clock = Throughput()
     passed, check_meta = verify_accounting(store, partition, len(units))
+    seconds_verify = clock.elapsed()
     store.write_json(f"{store.dir(ASSET, partition)}/{SUCCESS_MARKER}",
                      {"source": source, "config_hash": chash, "code_version": INGEST_CODE_VERSION, "run_id": run_id,
                       "parts": len(units), "counts": counts.to_dict(), "accounting_passed": passed})
@@ -144,7 +150,10 @@ def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig,
         "decisions_path": dg.MetadataValue.path(store.uri(store.decisions_dir(ASSET, partition))),
         "parts": len(units),
         "parts_reused": len(units) - len(todo),
-        "images_per_second": round(clock.per_second(fresh.total), 2),
+        "images_per_second": round(images_per_second, 2),
+        "seconds_plan": round(seconds_plan, 3),
+        "seconds_ingest": round(seconds_ingest, 3),
+        "seconds_verify": round(seconds_verify, 3),
         "drop_reasons": dg.MetadataValue.md(f"| reason | count |\n| --- | --- |\n{reasons}" if reasons else "none"),
     }
     check = dg.AssetCheckResult(check_name="accounting", passed=passed, metadata=check_meta,

@@ -1,1 +1,1 @@
-"""curation package."""
+"""Pure algorithms: decoding, metadata, source readers, ingest, the decisions ledger, schemas. No Dagster, no Ray."""

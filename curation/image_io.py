@@ -274,6 +274,8 @@ def to_rgb(img: Image.Image, orientation: int | None = None) -> Image.Image:
         out = _flatten(img.convert("RGBA"))
     elif mode in {"RGBA", "LA", "La", "RGBa"}:
         out = _flatten(img.convert("RGBA"))
+    elif mode == "RGB":
+        out = img  # already what every stage wants; a copy would cost as much as a second decode pass
     else:
         out = img.convert("RGB")
     if out.mode != "RGB":

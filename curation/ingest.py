@@ -123,5 +123,6 @@ def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig) -> UnitResult
             rows.append(row)
             counts.kept += 1
             counts.notes.update(row["notes"])
-    table = pa.Table.from_pylist(rows, schema=SOURCE_IMAGES_SCHEMA)
+    columns = {name: [row[name] for row in rows] for name in SOURCE_IMAGES_SCHEMA.names}
+    table = pa.table(columns, schema=SOURCE_IMAGES_SCHEMA)
     return UnitResult(table, decisions, counts)

@@ -1,1 +1,1 @@
-"""orchestration package."""
+"""Dagster Definitions, resources, automation, the Ray adapter, storage layout, lineage and the `curate` CLI."""

@@ -165,7 +165,11 @@ class Throughput:
     def __init__(self) -> None:
         self.start = time.perf_counter()
 
+    def elapsed(self) -> float:
+        """Seconds since construction."""
+        return time.perf_counter() - self.start
+
     def per_second(self, items: int) -> float:
         """Rate over the elapsed wall time."""
-        elapsed = time.perf_counter() - self.start
+        elapsed = self.elapsed()
         return items / elapsed if elapsed > 0 else 0.0
