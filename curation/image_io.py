@@ -181,10 +181,12 @@ def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits(), with_metadata:
         if width * height > limits.max_pixels:
             raise ImageRejected("decompression_bomb", f"{width}x{height} exceeds the pixel limit",
                                 pixels=width * height, max_pixels=limits.max_pixels)
-        n_frames = _count_frames(img, limits)
         try:
+            n_frames = _count_frames(img, limits)
             img.seek(0)
             img.load()
+        except ImageRejected:
+            raise
         except Exception as exc:
             raise _classify_decode_error(exc) from exc
         orientation = _exif_orientation(img)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from curation.decisions import Decision, StageCounts
 from curation.image_io import ImageRejected, ProbeLimits, extension_matches, probe_image
 from curation.schema import SOURCE_IMAGES_SCHEMA
 from curation.sources import RawItem, ReadLimits, WorkUnit, licence_of, read_unit
+
+log = logging.getLogger(__name__)
 
 INGEST_CODE_VERSION = "ingest-1"
 ROW_GROUP_SIZE = 256
@@ -114,7 +117,13 @@ def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig) -> UnitResult
     counts = StageCounts()
     for item in read_unit(unit, config.read):
         counts.total += 1
-        row, item_decisions = ingest_item(item, source, config)
+        try:
+            row, item_decisions = ingest_item(item, source, config)
+        except Exception as exc:  # one input that breaks a library must not take the rest of the unit down
+            log.warning("ingest of %s failed: %s", item.source_uri, exc, exc_info=True)
+            sample_id = sha256_hex(item.data) if item.data is not None else None
+            row, item_decisions = None, [Decision(sample_id, item.source_uri, "ingest", "drop", "ingest_error",
+                                                  details={"error": f"{type(exc).__name__}: {exc}"})]
         decisions.extend(item_decisions)
         for d in item_decisions:
             if d.decision == "drop":

@@ -627,7 +627,14 @@ def _read_parquet(unit: WorkUnit, limits: ReadLimits) -> Iterator[RawItem]:
         path_col = _pick_column(schema, _PATH_COLUMNS, (pa.types.is_string, pa.types.is_large_string))
         row = first_row
         for g in unit.row_groups:
-            table = pf.read_row_group(g)
+            try:
+                table = pf.read_row_group(g)
+            except Exception as exc:  # a corrupt row group loses its rows, recorded; the others are read
+                n = pf.metadata.row_group(g).num_rows
+                yield RawItem(f"{uri}#rows-{row}-{row + n - 1}", unit.container, reason="corrupt_manifest",
+                              details={"error": f"{type(exc).__name__}: {exc}", "row_group": g, "rows": n})
+                row += n
+                continue
             for record in table.to_pylist():
                 yield _manifest_item(uri, manifest_dir, row, record, bytes_col, path_col, limits)
                 row += 1

@@ -78,3 +78,23 @@ def test_counts_round_trip():
     again = StageCounts.from_dict(counts.to_dict())
     assert again == counts and again.balanced()
     assert not StageCounts(total=2, kept=1).balanced()
+
+
+def test_an_input_that_breaks_a_library_is_recorded_not_fatal(tmp_path, monkeypatch):
+    from curation import ingest
+
+    hostile_folder(tmp_path)
+    real_probe = ingest.probe_image
+
+    def probe(data, limits, with_metadata=False):
+        if data.startswith(b"\x89PNG"):
+            raise MemoryError("simulated decoder blow-up")
+        return real_probe(data, limits, with_metadata=with_metadata)
+
+    monkeypatch.setattr(ingest, "probe_image", probe)
+    (unit,) = plan_units(str(tmp_path))
+    result = ingest_unit(unit, "d", CONFIG)
+    assert result.counts.balanced() and result.counts.dropped["ingest_error"] == 2  # small.png, png_named.jpg
+    errors = [d for d in result.decisions if d.reason == "ingest_error"]
+    assert all("MemoryError" in d.details["error"] for d in errors)
+    assert result.counts.kept == 3
