@@ -1,0 +1,99 @@
+"""Image features: perceptual hashes, an embedding and the NSFW score, for a batch of `source_images` rows.
+
+`FeatureExtractor` is a stage in the datatrove sense: `setup()` loads the model once per worker, `process_batch`
+turns an Arrow table with an `image` column into a features table (no image bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from curation.embedding import EmbeddingConfig, Embedder, load_embedder
+from curation.hashing import perceptual_hashes
+from curation.image_io import load_rgb
+
+FEATURES_CODE_VERSION = "features-1"
+HASH_COLUMNS = ("phash", "dhash", "phash_canonical", "dhash_canonical")
+PASS_THROUGH = ("sample_id", "source", "source_uri", "width", "height", "byte_size", "format")
+EMBED_SIDE = 256
+"""Images are reduced to about this side before hashing and embedding (both models look at 224-256 px)."""
+
+
+def features_schema(dim: int) -> pa.Schema:
+    """Schema of `image_features` for an embedding of `dim` dimensions."""
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("byte_size", pa.int64(), nullable=False),
+            pa.field("format", pa.string(), nullable=False),
+            *[pa.field(name, pa.uint64(), nullable=False) for name in HASH_COLUMNS],
+            pa.field("embedding", pa.list_(pa.float16(), dim), nullable=False),
+            pa.field("nsfw_score", pa.float32(), nullable=False),
+            pa.field("embedding_model", pa.string(), nullable=False),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How features are computed."""
+
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    """The embedding backend."""
+
+
+def _reduce(img, side: int = EMBED_SIDE):
+    """A copy at most ~2x `side` (cheap box reduction first, so huge images do not dominate resize time)."""
+    factor = min(img.width, img.height) // (2 * side)
+    if factor >= 2:
+        img = img.reduce(factor)
+    return img
+
+
+class FeatureExtractor:
+    """Hashes + embedding + NSFW score for `source_images` rows."""
+
+    name = "image_features"
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self.embedder: Embedder | None = None
+
+    def setup(self) -> None:
+        """Load the embedding model (once per actor)."""
+        self.embedder = load_embedder(self.config.embedding)
+
+    def process_batch(self, table: pa.Table) -> pa.Table:
+        """Features of a batch of `source_images` rows (which must include the `image` column)."""
+        if self.embedder is None:
+            self.setup()
+        assert self.embedder is not None
+        images = [_reduce(load_rgb(data)) for data in table.column("image").to_pylist()]
+        hashes = [perceptual_hashes(img) for img in images]
+        embeddings, nsfw = self.embedder.embed(images)
+        dim = self.embedder.dim
+        schema = features_schema(dim)
+        columns = {name: table.column(name) for name in PASS_THROUGH}
+        for name in HASH_COLUMNS:
+            columns[name] = pa.array([h[name] for h in hashes], pa.uint64())
+        flat = pa.array(embeddings.astype(np.float16).reshape(-1), pa.float16())
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+        columns["nsfw_score"] = pa.array(nsfw.astype(np.float32), pa.float32())
+        columns["embedding_model"] = pa.array([self.embedder.name] * table.num_rows, pa.string())
+        return pa.table(columns, schema=schema)
+
+
+def embedding_matrix(table: pa.Table) -> np.ndarray:
+    """The `embedding` column as a float32 (n, dim) matrix."""
+    column = table.column("embedding").combine_chunks()
+    if len(column) == 0:
+        return np.empty((0, 0), np.float32)
+    dim = column.type.list_size
+    return column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)

@@ -1,0 +1,92 @@
+"""Deduplication on tiny synthetic data: each test can fail on a wrong edge, component or representative."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curation.dedup import EXACT, PERCEPTUAL, SEMANTIC, Candidates, DedupConfig, UnionFind, cosine_pairs, deduplicate
+from curation.embedding import l2_normalise
+
+
+def cands(ids, phash, emb, pixels=None, sizes=None, uris=None) -> Candidates:
+    n = len(ids)
+    return Candidates(
+        sample_ids=list(ids), source_uris=list(uris or [f"u/{i}" for i in ids]),
+        phash=np.array(phash, dtype=np.uint64), dhash=np.array(phash, dtype=np.uint64),
+        embeddings=l2_normalise(np.array(emb, dtype=np.float32)),
+        pixels=np.array(pixels or [100] * n, dtype=np.int64), byte_size=np.array(sizes or [10] * n, dtype=np.int64))
+
+
+def basis(k: int, dim: int = 8) -> list[float]:
+    v = [0.0] * dim
+    v[k] = 1.0
+    return v
+
+
+def test_union_find():
+    uf = UnionFind(5)
+    uf.union(0, 1)
+    uf.union(3, 4)
+    uf.union(1, 4)
+    assert len({uf.find(i) for i in range(5)}) == 2 and uf.find(0) == uf.find(3) and uf.find(2) == 2
+
+
+def test_exact_perceptual_and_semantic_duplicates_with_reasons():
+    config = DedupConfig(phash_threshold=4, semantic_threshold=0.95)
+    c = cands(
+        ids=["a", "a", "b", "c", "d", "e"],
+        phash=[0, 0, 0b111, 0x00FF00FF00000000, 0x0F0F0F0F0F0F0F0F, 0xF0F0F0F000000000],  # b: 3 bits from a
+        emb=[basis(0), basis(0), basis(1), basis(2), [0, 0, 0, 1, 0.1, 0, 0, 0], basis(3)],  # d ~ e semantically
+        pixels=[100, 100, 400, 100, 100, 50],
+    )
+    result = deduplicate(c, config)
+    reasons = {d.source_uri: (d.reason, d.duplicate_of) for d in result.decisions}
+    # b has the most pixels: it represents {a, a, b}; the second "a" is an exact copy of the first
+    assert result.keep.tolist() == [False, False, True, True, True, False]
+    assert reasons["u/a"][1] == "b"
+    assert reasons["u/e"] == (SEMANTIC, "d")
+    by_uri = {d.source_uri: d for d in result.decisions}
+    assert by_uri["u/e"].score >= 0.95 and by_uri["u/e"].threshold == 0.95
+    assert {d.reason for d in result.decisions} <= {EXACT, PERCEPTUAL, SEMANTIC}
+    assert result.edges[EXACT] == 1
+
+
+def test_representative_prefers_resolution_then_bytes_then_earliest():
+    config = DedupConfig(phash_threshold=0, semantic_threshold=2.0)
+    c = cands(["x", "y", "z"], [5, 5, 5], [basis(0), basis(1), basis(2)], pixels=[10, 10, 10], sizes=[5, 9, 9])
+    assert deduplicate(c, config).keep.tolist() == [False, True, False]
+    c = cands(["x", "y"], [5, 5], [basis(0), basis(1)], pixels=[10, 10], sizes=[5, 5])
+    assert deduplicate(c, config).keep.tolist() == [True, False]
+
+
+def test_incremental_against_curated_keeps_the_curated_representative():
+    config = DedupConfig(phash_threshold=2, semantic_threshold=0.99)
+    far = 0x00FF00FF00FF00FF  # 32 bits from 0
+    curated = cands(["old1", "old2"], [0, far], [basis(0), basis(1)], pixels=[10, 10])
+    new = cands(["old1", "n1", "n2", "n3"], [0, 1, far ^ 0b1, 0xF00000], [basis(0), basis(4), basis(5), basis(1)],
+                pixels=[10, 10_000, 10, 10])
+    result = deduplicate(new, config, curated=curated)
+    assert result.keep.tolist() == [False, False, False, False]
+    by_id = {d.sample_id: d for d in result.decisions}
+    assert by_id["old1"].reason == EXACT and by_id["old1"].duplicate_of == "old1"
+    assert by_id["n1"].duplicate_of == "old1" and by_id["n1"].details["representative_curated_before"]
+    assert by_id["n2"].reason == PERCEPTUAL and by_id["n2"].duplicate_of == "old2"
+    assert by_id["n3"].reason == SEMANTIC and by_id["n3"].duplicate_of == "old2"
+
+
+def test_nothing_new_changes_nothing():
+    config = DedupConfig()
+    empty = cands([], [], np.zeros((0, 8)))
+    result = deduplicate(empty, config, curated=cands(["a"], [0], [basis(0)]))
+    assert result.keep.size == 0 and result.decisions == []
+
+
+def test_cosine_pairs_flat_and_ivf_agree():
+    rng = np.random.default_rng(0)
+    base = l2_normalise(rng.normal(size=(3000, 16)).astype(np.float32))
+    queries = l2_normalise(base[:50] + 0.05 * rng.normal(size=(50, 16)).astype(np.float32))
+    flat = cosine_pairs(queries, 0.9, base, exact_max=10_000)
+    ivf = cosine_pairs(queries, 0.9, base, exact_max=100, nprobe=64)
+    assert set(zip(flat[0].tolist(), flat[1].tolist(), strict=True)) == set(zip(ivf[0].tolist(), ivf[1].tolist(),
+                                                                                 strict=True))
+    assert {(i, i) for i in range(50)} <= set(zip(flat[0].tolist(), flat[1].tolist(), strict=True))
