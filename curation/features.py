@@ -14,6 +14,7 @@ import pyarrow as pa
 from curation.embedding import EmbeddingConfig, Embedder, load_embedder
 from curation.hashing import perceptual_hashes
 from curation.image_io import load_rgb
+from curation.stage import StageResources
 
 FEATURES_CODE_VERSION = "features-1"
 HASH_COLUMNS = ("phash", "dhash", "phash_canonical", "dhash_canonical")
@@ -47,6 +48,8 @@ class FeatureConfig:
 
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     """The embedding backend."""
+    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=32))
+    """Per-actor resources; `num_gpus` > 0 for the open_clip backend on GPU nodes."""
 
 
 def _reduce(img, side: int = EMBED_SIDE):
@@ -64,11 +67,19 @@ class FeatureExtractor:
 
     def __init__(self, config: FeatureConfig) -> None:
         self.config = config
+        self.resources = config.resources
         self.embedder: Embedder | None = None
 
     def setup(self) -> None:
         """Load the embedding model (once per actor)."""
         self.embedder = load_embedder(self.config.embedding)
+
+    def empty_table(self) -> pa.Table:
+        """A features table with no rows (the schema depends on the loaded model's dimension)."""
+        if self.embedder is None:
+            self.setup()
+        assert self.embedder is not None
+        return features_schema(self.embedder.dim).empty_table()
 
     def process_batch(self, table: pa.Table) -> pa.Table:
         """Features of a batch of `source_images` rows (which must include the `image` column)."""

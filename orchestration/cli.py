@@ -107,9 +107,12 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
 
     ray_cfg = config.get("ray", {})
     resources = build_resources(storage_root=storage, ray_num_cpus=ray_cfg.get("num_cpus"))
-    run_config = {"ops": {name: {"config": cfg} for name, cfg in (config.get("assets") or {}).items()
-                          if dg.AssetKey(name) in selected},
-                  "loggers": {"console": {"config": {"log_level": os.environ.get("ATELIER_LOG_LEVEL", "INFO")}}}}
+    def run_config_for(asset_keys) -> dict[str, Any]:
+        ops = {name: {"config": cfg} for name, cfg in (config.get("assets") or {}).items()
+               if dg.AssetKey(name) in asset_keys}
+        return {"ops": ops,
+                "loggers": {"console": {"config": {"log_level": os.environ.get("ATELIER_LOG_LEVEL", "INFO")}}}}
+
     init_ray(ray_cfg.get("num_cpus"))  # one Ray for every run this command makes
     summaries: list[dict[str, Any]] = []
     runs = [(key, partitioned) for key in keys if partitioned]
@@ -117,7 +120,7 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
         runs.append((None, global_keys))
     for partition, asset_keys in runs:
         result = dg.materialize(ALL_ASSETS, selection=asset_keys, partition_key=partition, instance=instance,
-                                resources=resources, run_config=run_config, raise_on_error=False,
+                                resources=resources, run_config=run_config_for(asset_keys), raise_on_error=False,
                                 tags={"atelier/cli": "curate run"})
         if not result.success:
             failure = next((e for e in result.all_events if e.is_failure), None)

@@ -14,29 +14,16 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import pyarrow as pa
+
+from curation.stage import StageResources
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class StageResources:
-    """What one actor of a stage needs."""
-
-    num_cpus: float = 1.0
-    """CPUs reserved per actor (fractions allowed)."""
-    num_gpus: float = 0.0
-    """GPUs reserved per actor; declared, never probed on the driver."""
-    batch_size: int = 64
-    """Rows per `process_batch` call."""
-    max_actors: int | None = None
-    """Upper bound on the pool size (None: as many as the CPUs allow, leaving room for reads)."""
 
 
 class Stage(Protocol):
@@ -157,6 +144,54 @@ def map_stage(dataset: Any, stage: Stage) -> Any:
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus or None,
     )
+
+
+class _UnitActor:
+    """Holds one set-up stage; runs `fn(stage, task)` for each task it is given."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.stage.setup()
+
+    def run(self, fn: Callable[[Any, Any], Any], task: Any) -> Any:
+        return fn(self.stage, task)
+
+
+def run_units_on_actors(stage: Stage, fn: Callable[[Any, T], R], units: Iterable[T], *,
+                        progress: Callable[[int, int], None] | None = None) -> Iterator[R]:
+    """Run `fn(stage, unit)` for every unit on a pool of actors that each `setup()` the stage once (load a model).
+
+    Used where each unit must stay one output part (atomic, resumable) but the work needs a loaded model. The pool
+    fills the cluster (no separate read tasks compete for CPUs here); dead actors are restarted and their task
+    retried.
+
+    Args:
+        stage: the stage to set up in every actor (pickled to each).
+        fn: a picklable top-level function of (set-up stage, unit).
+        units: its inputs.
+        progress: called with (done, total) after each result.
+    """
+    import ray
+    from ray.util import ActorPool
+
+    todo = list(units)
+    if not todo:
+        return
+    res = stage.resources
+    size = min(len(todo), actor_pool_size(res, cluster_cpus(), reserve_cpus=0.0))
+    actor_cls = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus or 0, max_restarts=2,
+                           max_task_retries=2)(_UnitActor)
+    actors = [actor_cls.remote(stage) for _ in range(size)]
+    log.info("stage %s: %d actor(s) for %d unit(s)", stage.name, size, len(todo))
+    try:
+        pool = ActorPool(actors)
+        for done, result in enumerate(pool.map_unordered(lambda a, u: a.run.remote(fn, u), todo), start=1):
+            if progress:
+                progress(done, len(todo))
+            yield result
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 class Throughput:

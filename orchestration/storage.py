@@ -109,6 +109,26 @@ class TableStore:
             out.write(json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
         self.fs.move(tmp, path)
 
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a blob (e.g. a serialised faiss index) atomically."""
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, path)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        """A blob, or None if there is none."""
+        if not self.exists(path):
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def delete_dir(self, directory: str) -> None:
+        """Remove a directory tree if it exists."""
+        if self.fs.get_file_info(directory).type == pafs.FileType.Directory:
+            self.fs.delete_dir(directory)
+
     def _delete_quietly(self, path: str) -> None:
         try:
             self.fs.delete_file(path)
@@ -138,6 +158,11 @@ class TableStore:
             return None  # a half-written part cannot exist (atomic rename), but a foreign file might
         raw = meta.get(SUMMARY_KEY)
         return json.loads(raw) if raw else None
+
+    def read_part(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file."""
+        with self.fs.open_input_file(path) as f:
+            return pq.read_table(f, columns=columns)
 
     def list_parts(self, directory: str) -> list[str]:
         """Finished Parquet parts in a directory, sorted (temporary files excluded)."""

@@ -1,0 +1,215 @@
+"""`deduplicated_images`: one representative per duplicate component, across every drop and against everything
+curated before (incremental: each run that finds new feature partitions appends one increment)."""
+
+import hashlib
+import json
+import posixpath
+from dataclasses import asdict
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from assets.image_features import ASSET as FEATURES
+from assets.image_features import image_features
+from curation.dedup import DEDUP_CODE_VERSION, Candidates, DedupConfig, build_semantic_index, deduplicate
+from curation.decisions import decisions_table
+from curation.features import embedding_matrix
+from curation.hamming import hamming_pairs
+from orchestration.ray_adapter import Throughput
+from orchestration.resources import StorageResource
+from orchestration.storage import SUCCESS_MARKER, TableStore
+
+ASSET = "deduplicated_images"
+STATE = "_STATE.json"
+INDEX = "semantic.faiss"
+INDEX_IDS = "semantic_ids.json"
+_RANK_COLUMNS = ["sample_id", "source_uri", "phash_canonical", "dhash_canonical", "width", "height", "byte_size"]
+
+
+class DeduplicatedImagesConfig(dg.Config):
+    """Duplicate thresholds (defaults measured in bench/dedup_eval.py)."""
+
+    phash_threshold: int = Field(default=DedupConfig.phash_threshold,
+                                 description="Max Hamming distance of canonical pHashes (-1 disables).")
+    dhash_threshold: int | None = Field(default=DedupConfig.dhash_threshold,
+                                        description="If set, perceptual pairs also need canonical dHash within it.")
+    semantic_threshold: float = Field(default=DedupConfig.semantic_threshold,
+                                      description="Min cosine similarity of embeddings (> 1 disables).")
+    exact_search_max: int = Field(default=DedupConfig.exact_search_max,
+                                  description="Exact semantic search up to this many vectors, IVF above.")
+    ivf_nprobe: int = Field(default=DedupConfig.ivf_nprobe, description="IVF clusters probed per query.")
+
+    def to_dedup_config(self) -> DedupConfig:
+        """The one conversion from Dagster config to the pure config."""
+        return DedupConfig(phash_threshold=self.phash_threshold, dhash_threshold=self.dhash_threshold,
+                           semantic_threshold=self.semantic_threshold, exact_search_max=self.exact_search_max,
+                           ivf_nprobe=self.ivf_nprobe)
+
+
+def _config_hash(config: DedupConfig) -> str:
+    payload = json.dumps({"config": asdict(config), "code": DEDUP_CODE_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _candidates(table: pa.Table, embeddings: np.ndarray) -> Candidates:
+    return Candidates(
+        sample_ids=table.column("sample_id").to_pylist(),
+        source_uris=table.column("source_uri").to_pylist(),
+        phash=table.column("phash_canonical").to_numpy().astype(np.uint64),
+        dhash=table.column("dhash_canonical").to_numpy().astype(np.uint64),
+        embeddings=embeddings,
+        pixels=(pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
+                .to_numpy()),
+        byte_size=table.column("byte_size").to_numpy(),
+    )
+
+
+def _finished_feature_partitions(store: TableStore) -> dict[str, str]:
+    """Feature partitions with a completion marker -> a fingerprint of that marker."""
+    out = {}
+    for partition in store.list_partitions(FEATURES):
+        marker = store.read_json(f"{store.dir(FEATURES, partition)}/{SUCCESS_MARKER}")
+        if marker:
+            out[partition] = hashlib.sha256(json.dumps(marker, sort_keys=True).encode()).hexdigest()[:16]
+    return out
+
+
+def _load_index(store: TableStore, directory: str, curated: pa.Table, exact_max: int):
+    """The persisted semantic index if it matches the curated rows, else rebuilt from their stored embeddings."""
+    import faiss
+
+    if curated.num_rows == 0:
+        return None, "empty"
+    blob = store.read_bytes(posixpath.join(directory, INDEX))
+    ids = store.read_json(posixpath.join(directory, INDEX_IDS))
+    if blob is not None and ids == curated.column("sample_id").to_pylist():  # the id map still matches the parts
+        return faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8)), "loaded"
+    vectors = embedding_matrix(store.read_table(directory, columns=["embedding"]))
+    return build_semantic_index(vectors, exact_max), "rebuilt"
+
+
+def verify(store: TableStore, config: DedupConfig, increment: int | None, new_rows: int) -> list[dg.AssetCheckResult]:
+    """The three checks: accounting of the last increment, unique sha256, no kept pair within the threshold."""
+    directory = store.dir(ASSET)
+    kept = store.read_table(directory, columns=["sample_id", "phash_canonical", "dhash_canonical"])
+    results = []
+    if increment is None:
+        accounting = {"passed": True, "metadata": {"new_rows": 0}}
+    else:
+        kept_now = store.read_part(store.part_path(ASSET, None, increment), ["sample_id"]).num_rows
+        ledger = store.read_part(store.part_path("decisions/" + ASSET, None, increment), ["decision", "reason"])
+        drops = ledger.filter(pc.equal(ledger.column("decision"), "drop"))
+        dropped = drops.num_rows
+        accounting = {"passed": new_rows == kept_now + dropped and all(drops.column("reason").to_pylist()),
+                      "metadata": {"new_rows": new_rows, "kept": kept_now, "dropped": dropped}}
+    results.append(dg.AssetCheckResult(check_name="accounting", **accounting))
+    ids = kept.column("sample_id").to_pylist()
+    results.append(dg.AssetCheckResult(check_name="unique_sha256", passed=len(ids) == len(set(ids)),
+                                       metadata={"kept": len(ids), "distinct": len(set(ids))}))
+    pairs = 0
+    if config.phash_threshold >= 0 and kept.num_rows:
+        phash = kept.column("phash_canonical").to_numpy().astype(np.uint64)
+        i, j, _ = hamming_pairs(phash, config.phash_threshold)
+        if config.dhash_threshold is not None and len(i):
+            dhash = kept.column("dhash_canonical").to_numpy().astype(np.uint64)
+            i = i[np.bitwise_count(dhash[i] ^ dhash[j]) <= config.dhash_threshold]
+        pairs = len(i)
+    results.append(dg.AssetCheckResult(check_name="no_perceptual_pairs_kept", passed=pairs == 0,
+                                       metadata={"pairs_within_threshold": pairs}))
+    return results
+
+
+@dg.asset(
+    deps=[image_features],
+    code_version=DEDUP_CODE_VERSION,
+    kinds={"faiss", "parquet"},
+    group_name="dedup",
+    check_specs=[
+        dg.AssetCheckSpec("accounting", asset=ASSET, description="new rows = kept + dropped, each drop with a reason"),
+        dg.AssetCheckSpec("unique_sha256", asset=ASSET, description="no two kept rows share a sha256"),
+        dg.AssetCheckSpec("no_perceptual_pairs_kept", asset=ASSET,
+                          description="no two kept rows within the perceptual threshold"),
+    ],
+)
+def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedImagesConfig,
+                        storage: StorageResource) -> dg.MaterializeResult:
+    """Exact, perceptual and semantic duplicates removed across all drops and against everything curated before."""
+    store = storage.store()
+    dedup_config = config.to_dedup_config()
+    chash = _config_hash(dedup_config)
+    directory = store.dir(ASSET)
+    state_path = posixpath.join(directory, STATE)
+    state = store.read_json(state_path) or {}
+    finished = _finished_feature_partitions(store)
+    changed = [p for p, fp in state.get("partitions", {}).items() if finished.get(p) != fp]
+    if state and (state.get("config_hash") != chash or changed):
+        why = "thresholds or code changed" if state.get("config_hash") != chash else f"features changed: {changed}"
+        context.log.info(f"recomputing from scratch: {why}")
+        store.delete_dir(directory)
+        store.delete_dir(store.decisions_dir(ASSET))
+        state = {}
+    increments = int(state.get("increments", 0))
+    store.remove_parts_from(directory, increments)  # leftovers of a run that died before its commit
+    store.remove_parts_from(store.decisions_dir(ASSET), increments)
+    processed = state.get("partitions", {})
+    new_partitions = sorted(p for p in finished if p not in processed)
+
+    clock = Throughput()
+    increment = None
+    new_rows = 0
+    summary_meta: dict = {}
+    if new_partitions:
+        increment = increments
+        new = pa.concat_tables([store.read_table(store.dir(FEATURES, p)) for p in new_partitions])
+        new_rows = new.num_rows
+        curated = store.read_table(directory, columns=_RANK_COLUMNS)
+        curated_ids = curated.column("sample_id").to_pylist() if curated.num_rows else []
+        index, how = _load_index(store, directory, curated, dedup_config.exact_search_max)
+        curated_cands = _candidates(curated, np.empty((0, 0), np.float32)) if curated.num_rows else None
+        result = deduplicate(_candidates(new, embedding_matrix(new)), dedup_config, curated_cands, index)
+        kept = new.filter(pa.array(result.keep))
+        kept = kept.append_column("increment", pa.array([increment] * kept.num_rows, pa.int32()))
+        drops = {}
+        for d in result.decisions:
+            drops[d.reason] = drops.get(d.reason, 0) + 1
+        counts = {"total": new_rows, "kept": kept.num_rows, "dropped": len(result.decisions),
+                  **{f"dropped_{k}": v for k, v in sorted(drops.items())}}
+        part_summary = {"increment": increment, "partitions": new_partitions, "config_hash": chash,
+                        "run_id": context.run.run_id, "counts": counts, "edges": result.edges}
+        store.write_parquet(store.part_path("decisions/" + ASSET, None, increment),
+                            decisions_table(result.decisions, context.run.run_id, DEDUP_CODE_VERSION), part_summary)
+        store.write_parquet(store.part_path(ASSET, None, increment), kept, part_summary)
+        # the persisted index grows with the kept rows; rebuilt from stored embeddings when its kind must change
+        import faiss
+
+        vectors = embedding_matrix(kept) if kept.num_rows else None
+        total = curated.num_rows + kept.num_rows
+        if index is None or (total > dedup_config.exact_search_max >= curated.num_rows):
+            all_vectors = embedding_matrix(store.read_table(directory, columns=["embedding"]))
+            index = build_semantic_index(all_vectors, dedup_config.exact_search_max)
+        elif vectors is not None:
+            index.add(vectors)
+        store.write_bytes(posixpath.join(directory, INDEX), faiss.serialize_index(index).tobytes())
+        store.write_json(posixpath.join(directory, INDEX_IDS),
+                         curated_ids + kept.column("sample_id").to_pylist())
+        processed.update({p: finished[p] for p in new_partitions})
+        store.write_json(state_path, {"config_hash": chash, "code_version": DEDUP_CODE_VERSION,
+                                      "increments": increment + 1, "partitions": processed})
+        summary_meta = {**counts, "increment": increment, "new_partitions": ", ".join(new_partitions),
+                        "index": how, "components_with_duplicates": result.components,
+                        **{f"edges_{k}": v for k, v in result.edges.items()}}
+        context.log.info(f"increment {increment}: {new_rows} new rows, {kept.num_rows} kept, "
+                         f"{len(result.decisions)} duplicates")
+    else:
+        context.log.info("no new feature partitions: nothing to deduplicate")
+        summary_meta = {"total": 0, "kept": 0, "dropped": 0}
+    checks = verify(store, dedup_config, increment, new_rows)
+    curated_rows = store.read_table(directory, columns=["sample_id"]).num_rows
+    metadata = {**summary_meta, "curated_total": curated_rows, "dagster/row_count": curated_rows,
+                "seconds": round(clock.elapsed(), 3), "path": dg.MetadataValue.path(store.uri(directory)),
+                "phash_threshold": dedup_config.phash_threshold,
+                "semantic_threshold": dedup_config.semantic_threshold}
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
