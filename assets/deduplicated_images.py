@@ -14,8 +14,8 @@ from pydantic import Field
 
 from assets.image_features import ASSET as FEATURES
 from assets.image_features import image_features
-from curation.dedup import DEDUP_CODE_VERSION, Candidates, DedupConfig, build_semantic_index, deduplicate
 from curation.decisions import decisions_table
+from curation.dedup import DEDUP_CODE_VERSION, Candidates, DedupConfig, build_semantic_index, deduplicate
 from curation.features import embedding_matrix
 from curation.hamming import hamming_pairs
 from orchestration.ray_adapter import Throughput

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from curation.embedding import EmbeddingConfig, Embedder, load_embedder
+from curation.embedding import Embedder, EmbeddingConfig, load_embedder
 from curation.hashing import perceptual_hashes
 from curation.image_io import load_rgb
 from curation.stage import StageResources

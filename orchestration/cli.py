@@ -197,6 +197,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from curation.sources import RawItem, ReadLimits, plan_units, read_unit
 
     limits = ProbeLimits(min_side=args.min_side)
+    extractor = None
+    if not args.no_features:
+        from curation.features import FeatureConfig, FeatureExtractor
+
+        extractor = FeatureExtractor(FeatureConfig())
     for path in args.paths:
         items: list[RawItem]
         try:
@@ -213,6 +218,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     facts = probe_image(item.data, limits)
                     record.update(format=facts.format, width=facts.width, height=facts.height, mode=facts.mode,
                                   n_frames=facts.n_frames, notes=facts.notes + item.notes)
+                    if extractor is not None:
+                        record.update(_feature_signals(extractor, item.data))
                 except ImageRejected as rej:
                     record["error"] = rej.reason
                     record["error_detail"] = rej.details.get("message")
@@ -220,6 +227,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 record["error_detail"] = item.details
             print(json.dumps(record, default=str))
     return 0
+
+
+def _feature_signals(extractor, data: bytes) -> dict[str, Any]:
+    import pyarrow as pa
+
+    row = pa.table({"sample_id": ["-"], "source": ["-"], "source_uri": ["-"], "width": pa.array([0], pa.int32()),
+                    "height": pa.array([0], pa.int32()), "byte_size": [len(data)], "format": ["-"], "image": [data]})
+    features = extractor.process_batch(row).to_pylist()[0]
+    return {"phash": f"{features['phash']:016x}", "dhash": f"{features['dhash']:016x}",
+            "phash_canonical": f"{features['phash_canonical']:016x}",
+            "embedding_dim": len(features["embedding"]), "embedding_model": features["embedding_model"],
+            "nsfw_score": round(float(features["nsfw_score"]), 5)}
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -268,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="one JSON line per image: what ingest sees")
     inspect.add_argument("paths", nargs="+")
     inspect.add_argument("--min-side", type=int, default=1, help="report too_small below this side (default 1)")
+    inspect.add_argument("--no-features", action="store_true", help="skip hashes, embedding and NSFW score")
     inspect.set_defaults(func=cmd_inspect)
 
     lineage = sub.add_parser("lineage", help="everything known about one sample")

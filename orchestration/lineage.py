@@ -53,11 +53,26 @@ def find_lineage(storage: str, query: str) -> dict[str, Any]:
     if ids:
         ledger_condition = condition | pads.field("sample_id").isin(ids)
     decisions = store.read_decisions(filter=ledger_condition).to_pylist()
+    # follow duplicate_of to the representative, and list what was removed as a duplicate of this sample
+    representative = next((d["duplicate_of"] for d in decisions if d["duplicate_of"]), None)
+    duplicates = []
+    if ids:
+        duplicates = store.read_decisions(filter=pads.field("duplicate_of").isin(ids)).to_pylist()
+        duplicates = [d for d in duplicates if d["sample_id"] not in ids or d["source_uri"] != (uri or "")]
+    rep_records = []
+    if representative and representative not in ids:
+        rep_records = store.read_table(store.asset_dir("source_images"), columns=["sample_id", "source", "source_uri"],
+                                       filter=pads.field("sample_id") == representative,
+                                       schema=SOURCE_IMAGES_SCHEMA).to_pylist()
     for row in records:
         row["metadata"] = json.loads(row["metadata"])
     for d in decisions:
         d["details"] = json.loads(d["details"]) if d["details"] else None
-    return {"query": query, "sample_ids": ids, "records": records, "decisions": decisions}
+    for d in duplicates:
+        d["details"] = json.loads(d["details"]) if d["details"] else None
+    return {"query": query, "sample_ids": ids, "records": records, "decisions": decisions,
+            "representative": {"sample_id": representative, "records": rep_records} if representative else None,
+            "duplicates": duplicates}
 
 
 def format_lineage(report: dict[str, Any]) -> str:
@@ -91,4 +106,14 @@ def format_lineage(report: dict[str, Any]) -> str:
         lines.append(f"        run {d['run_id']}  code {d['code_version']}")
     if not report["decisions"]:
         lines.append("    none")
+    rep = report.get("representative")
+    if rep:
+        lines.append(f"  representative: {rep['sample_id']}")
+        for r in rep["records"]:
+            lines.append(f"    {r['source']}  {r['source_uri']}")
+    if report.get("duplicates"):
+        lines.append(f"  duplicates removed in favour of this sample: {len(report['duplicates'])}")
+        for d in report["duplicates"]:
+            score = f" score={d['score']:.4g}" if d["score"] is not None else ""
+            lines.append(f"    [{d['stage']}] {d['reason']}{score}  {d['source_uri']}")
     return "\n".join(lines)

@@ -56,6 +56,9 @@ def test_inspect_prints_one_json_line_per_input(hostile, capsys):
     assert by_name["text.png"]["error"] == "not_an_image"
     assert by_name["leak.jpg"]["error"] == "symlink_outside_root"
     assert by_name["wrong_ext.gif"]["format"] == "PNG"
+    assert len(good["phash"]) == 16 and len(good["dhash"]) == 16
+    assert good["embedding_dim"] == 1024 and 0.0 <= good["nsfw_score"] <= 1.0
+    assert "phash" not in by_name["empty.jpg"]
 
 
 def test_run_accounts_for_every_hostile_file_and_lineage_explains(ray_session, hostile, storage, capsys,
@@ -94,6 +97,14 @@ def test_demo_accounts_for_the_whole_sample_corpus(ray_session, tmp_path, capsys
     assert cli.main(["demo", "--storage", storage]) == 0
     out = capsys.readouterr().out
     assert "FAIL" not in out
+    dedup = next(line for line in out.splitlines() if line.startswith("deduplicated_images")).split()
+    assert int(dedup[2]) == int(dedup[3]) + int(dedup[4]) and int(dedup[4]) > 0
+    # the grayscale copy of a photo is removed in favour of the photo, and lineage says so both ways
+    assert cli.main(["lineage", str(REPO / "examples/corpus/variants/dog_gray.jpg"), "--storage", storage]) == 0
+    text = capsys.readouterr().out
+    assert "[dedup] drop perceptual_duplicate" in text and "photos/dog__04.jpg" in text
+    assert cli.main(["lineage", str(REPO / "examples/corpus/photos/dog__04.jpg"), "--storage", storage]) == 0
+    assert "duplicates removed in favour of this sample: 1" in capsys.readouterr().out
     summary = next(line for line in out.splitlines() if line.endswith("with a reason."))
     total, kept = int(summary.split()[0]), int(summary.split()[2])
     assert total >= 80 and 0 < kept < total
