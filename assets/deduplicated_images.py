@@ -155,7 +155,9 @@ def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedI
     store.remove_parts_from(directory, increments)  # leftovers of a run that died before its commit
     store.remove_parts_from(store.decisions_dir(ASSET), increments)
     processed = state.get("partitions", {})
-    new_partitions = sorted(p for p in finished if p not in processed)
+    # earliest-registered drops first: on ties the earlier copy of an image becomes the representative
+    order = {p: k for k, p in enumerate(store.registration_order())}
+    new_partitions = sorted((p for p in finished if p not in processed), key=lambda p: (order.get(p, len(order)), p))
 
     clock = Throughput()
     increment = None

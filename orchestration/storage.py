@@ -10,6 +10,7 @@ No Dagster and no Ray here: Ray workers write parts through this class, and the 
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import posixpath
@@ -228,7 +229,8 @@ class TableStore:
             return
         if current:
             raise ValueError(f"partition {partition!r} is already registered for {current['uri']!r}, not {uri!r}")
-        self.write_json(path, {"partition": partition, "uri": uri})
+        self.write_json(path, {"partition": partition, "uri": uri,
+                               "registered_at": datetime.datetime.now(datetime.UTC).isoformat()})
 
     def source_uri(self, partition: str) -> str:
         """The source drop of a partition key.
@@ -243,6 +245,12 @@ class TableStore:
                 f"`curate run --source PATH` or let the source sensor find it"
             )
         return record["uri"]
+
+    def registration_order(self) -> list[str]:
+        """Registered partition keys, earliest registration first (ties by key)."""
+        selector = pafs.FileSelector(posixpath.join(self.base, "_sources"), allow_not_found=True)
+        records = [self.read_json(i.path) for i in self.fs.get_file_info(selector) if i.path.endswith(".json")]
+        return [r["partition"] for r in sorted(records, key=lambda r: (r.get("registered_at", ""), r["partition"]))]
 
     def registered_sources(self) -> dict[str, str]:
         """All registered drops, partition key -> URI."""

@@ -72,3 +72,13 @@ def test_store_pickles_by_root(storage):
 
     store = pickle.loads(pickle.dumps(TableStore(storage)))
     assert store.root == storage and store.base.endswith("storage")
+
+
+def test_registration_order_is_by_time(storage):
+    import time
+
+    store = TableStore(storage)
+    store.register_source("zzz-1", "/a")
+    time.sleep(0.01)
+    store.register_source("aaa-2", "/b")
+    assert store.registration_order() == ["zzz-1", "aaa-2"]
