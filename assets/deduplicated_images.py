@@ -25,7 +25,7 @@ from orchestration.storage import SUCCESS_MARKER, TableStore
 ASSET = "deduplicated_images"
 STATE = "_STATE.json"
 INDEX = "semantic.faiss"
-INDEX_IDS = "semantic_ids.json"
+INDEX_IDS = "semantic_ids.parquet"
 _RANK_COLUMNS = ["sample_id", "source_uri", "phash_canonical", "dhash_canonical", "width", "height", "byte_size"]
 
 
@@ -84,8 +84,9 @@ def _load_index(store: TableStore, directory: str, curated: pa.Table, exact_max:
     if curated.num_rows == 0:
         return None, "empty"
     blob = store.read_bytes(posixpath.join(directory, INDEX))
-    ids = store.read_json(posixpath.join(directory, INDEX_IDS))
-    if blob is not None and ids == curated.column("sample_id").to_pylist():  # the id map still matches the parts
+    ids_path = posixpath.join(directory, INDEX_IDS)
+    ids = store.read_part(ids_path, ["sample_id"]).column("sample_id") if store.exists(ids_path) else None
+    if blob is not None and ids is not None and ids.equals(curated.column("sample_id")):  # id map matches the parts
         return faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8)), "loaded"
     vectors = embedding_matrix(store.read_table(directory, columns=["embedding"]))
     return build_semantic_index(vectors, exact_max), "rebuilt"
@@ -195,8 +196,10 @@ def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedI
         elif vectors is not None:
             index.add(vectors)
         store.write_bytes(posixpath.join(directory, INDEX), faiss.serialize_index(index).tobytes())
-        store.write_json(posixpath.join(directory, INDEX_IDS),
-                         curated_ids + kept.column("sample_id").to_pylist())
+        # the id map: faiss id k is row k of the parts read in order
+        store.write_parquet(posixpath.join(directory, INDEX_IDS),
+                            pa.table({"sample_id": pa.array(curated_ids + kept.column("sample_id").to_pylist(),
+                                                            pa.string())}))
         processed.update({p: finished[p] for p in new_partitions})
         store.write_json(state_path, {"config_hash": chash, "code_version": DEDUP_CODE_VERSION,
                                       "increments": increment + 1, "partitions": processed})

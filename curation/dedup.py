@@ -30,7 +30,7 @@ class DedupConfig:
     """If set, a perceptual edge also needs canonical dHashes within this distance."""
     semantic_threshold: float = 0.90
     """Smallest cosine similarity of embeddings that makes a semantic duplicate (> 1 disables)."""
-    exact_search_max: int = 50_000
+    exact_search_max: int = 20_000
     """Up to this many vectors the semantic search is exact (flat); above, an IVF index (SemDeDup-style clusters)."""
     ivf_nprobe: int = 16
     """Clusters visited per query in the IVF search."""
