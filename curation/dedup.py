@@ -24,11 +24,11 @@ EXACT, PERCEPTUAL, SEMANTIC = "exact_duplicate", "perceptual_duplicate", "semant
 class DedupConfig:
     """Thresholds of the three duplicate tests (defaults chosen by `bench/dedup_eval.py`, see BENCHMARKS.md)."""
 
-    phash_threshold: int = 6
+    phash_threshold: int = 8
     """Largest Hamming distance between canonical pHashes that makes a perceptual duplicate (-1 disables)."""
     dhash_threshold: int | None = None
     """If set, a perceptual edge also needs canonical dHashes within this distance."""
-    semantic_threshold: float = 0.90
+    semantic_threshold: float = 0.91
     """Smallest cosine similarity of embeddings that makes a semantic duplicate (> 1 disables)."""
     exact_search_max: int = 20_000
     """Up to this many vectors the semantic search is exact (flat); above, an IVF index (SemDeDup-style clusters)."""
