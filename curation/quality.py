@@ -1,0 +1,139 @@
+"""Artifact and low-resolution-complexity measures, deliberately blind to blur and softness.
+
+Krea refused "quality" filters that reward sharpness: soft focus and painterly images are kept. What is measured
+here is what damages training: borders and letterboxing, extreme aspect ratios, images too small for the first
+curriculum stage, heavy JPEG blocking, and content whose detail is lost when brought down to a stage's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+ANALYSIS_SIDE = 1024
+"""Measures run on a copy whose longer side is at most this (stage sizes are <= 1024)."""
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Thresholds of the artifact filters and of stage eligibility (defaults measured in bench/quality_eval.py)."""
+
+    stages: tuple[int, ...] = (256, 512, 1024)
+    """Curriculum stage sizes (square-equivalent side)."""
+    min_scale: float = 0.75
+    """A stage needs sqrt(width*height) >= min_scale * stage (a little upsampling is harmless)."""
+    max_aspect: float = 4.0
+    """Longer side / shorter side above this is an extreme aspect ratio."""
+    max_border_fraction: float = 0.25
+    """Uniform borders / letterbox bars covering more than this fraction of the image are an artifact."""
+    max_blockiness: float = 1.6
+    """JPEG 8x8 blocking ratio above this is heavy compression damage."""
+    max_detail_loss: float = 0.35
+    """Fraction of the image's variance lost at a stage's size above which it is too complex for that stage."""
+
+
+def _gray(img: Image.Image) -> np.ndarray:
+    g = img.convert("L")
+    if max(g.size) > ANALYSIS_SIDE:
+        g.thumbnail((ANALYSIS_SIDE, ANALYSIS_SIDE), Image.Resampling.BOX)
+    return np.asarray(g, dtype=np.float32)
+
+
+def border_fraction(gray: np.ndarray, tolerance: float = 6.0) -> float:
+    """Fraction of the image covered by uniform bands along its edges (borders, letterbox and pillarbox bars).
+
+    A row (column) belongs to a band while its pixels stay within `tolerance` grey levels of the edge's colour.
+    """
+    h, w = gray.shape
+    if h < 4 or w < 4:
+        return 0.0
+
+    def band(lines: np.ndarray) -> int:
+        reference = np.median(lines[0])
+        uniform = np.abs(lines - reference).max(axis=1) <= tolerance
+        return int(np.argmin(uniform)) if not uniform.all() else len(lines)
+
+    top, bottom = band(gray), band(gray[::-1])
+    left, right = band(gray.T), band(gray.T[::-1])
+    rows = min(h, top + bottom)
+    cols = min(w, left + right)
+    covered = rows * w + cols * h - rows * cols
+    return float(covered) / float(h * w)
+
+
+def blockiness(gray: np.ndarray) -> float:
+    """JPEG blocking: mean absolute step across 8-pixel block boundaries over the mean step elsewhere (1 = none).
+
+    Measured on the image as stored (before any resize would move the block grid).
+    """
+    if gray.shape[0] < 32 or gray.shape[1] < 32:
+        return 1.0
+    dx = np.abs(np.diff(gray, axis=1))
+    dy = np.abs(np.diff(gray, axis=0))
+    cols = np.arange(dx.shape[1])
+    rows = np.arange(dy.shape[0])
+    on_x, on_y = (cols % 8) == 7, (rows % 8) == 7
+    boundary = dx[:, on_x].mean() + dy[on_y, :].mean()
+    inside = dx[:, ~on_x].mean() + dy[~on_y, :].mean()
+    return float(boundary / inside) if inside > 1e-6 else 1.0
+
+
+def detail_loss(gray: np.ndarray, side: int) -> float:
+    """Fraction of the image's variance lost when it is brought down to a `side`-pixel square-equivalent and back.
+
+    Soft or blurred images lose almost nothing (there is no detail above the stage's Nyquist band), so this never
+    penalises softness; dense small text, fine patterns and crowded scenes lose a lot.
+    """
+    h, w = gray.shape
+    scale = side / np.sqrt(h * w)
+    if scale >= 1.0:
+        return 0.0
+    small = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = Image.fromarray(gray.astype(np.uint8))
+    round_trip = np.asarray(img.resize(small, Image.Resampling.BOX).resize((w, h), Image.Resampling.BICUBIC),
+                            dtype=np.float32)
+    variance = float(gray.var())
+    if variance < 1e-6:
+        return 0.0
+    return float(np.mean((gray - round_trip) ** 2) / variance)
+
+
+def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig()) -> dict:
+    """Every artifact measure and the per-stage eligibility of one image.
+
+    Args:
+        rgb: the normalised image at its native resolution.
+        config: thresholds.
+
+    Returns:
+        `aspect_ratio`, `border_fraction`, `blockiness`, `detail_loss_<stage>`, `eligible_<stage>` and
+        `artifacts` (the list of artifact reasons: `border`, `extreme_aspect`, `too_small_for_<first stage>`,
+        `blocking`).
+    """
+    gray = _gray(rgb)
+    w, h = rgb.size
+    side = float(np.sqrt(w * h))
+    out: dict = {
+        "aspect_ratio": max(w, h) / max(1, min(w, h)),
+        "border_fraction": border_fraction(gray),
+        "blockiness": blockiness(np.asarray(rgb.convert("L"), dtype=np.float32)[:2048, :2048]),
+    }
+    for stage in config.stages:
+        loss = detail_loss(gray, stage)
+        out[f"detail_loss_{stage}"] = loss
+        big_enough = side >= config.min_scale * stage
+        simple_enough = stage == max(config.stages) or loss <= config.max_detail_loss
+        out[f"eligible_{stage}"] = bool(big_enough and simple_enough)
+    artifacts = []
+    if out["border_fraction"] > config.max_border_fraction:
+        artifacts.append("border")
+    if out["aspect_ratio"] > config.max_aspect:
+        artifacts.append("extreme_aspect")
+    if side < config.min_scale * min(config.stages):
+        artifacts.append(f"too_small_for_{min(config.stages)}")
+    if out["blockiness"] > config.max_blockiness:
+        artifacts.append("blocking")
+    out["artifacts"] = artifacts
+    return out

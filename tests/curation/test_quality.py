@@ -1,0 +1,64 @@
+"""Artifact measures and stage eligibility: borders, aspect, size, blocking, detail loss; softness is never punished."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, ImageFilter
+
+from curation.quality import QualityConfig, quality_signals
+
+PHOTO = Path(__file__).resolve().parents[2] / "examples" / "corpus" / "photos" / "chelsea.jpg"
+
+
+def photo(size=(1024, 680)) -> Image.Image:
+    return Image.open(PHOTO).convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def test_clean_photo_has_no_artifact_and_is_eligible_where_large_enough():
+    q = quality_signals(photo())
+    assert q["artifacts"] == []
+    assert q["eligible_256"] and q["eligible_512"] and q["eligible_1024"]
+    small = quality_signals(photo((400, 266)))
+    assert small["eligible_256"] and not small["eligible_512"] and not small["eligible_1024"]
+
+
+def test_letterbox_bars_are_a_border_artifact():
+    img = photo((800, 450))
+    canvas = Image.new("RGB", (800, 800), (0, 0, 0))
+    canvas.paste(img, (0, 175))
+    q = quality_signals(canvas)
+    assert q["border_fraction"] > 0.4 and "border" in q["artifacts"]
+
+
+def test_extreme_aspect_and_too_small():
+    assert "extreme_aspect" in quality_signals(photo((1200, 200)))["artifacts"]
+    assert "too_small_for_256" in quality_signals(photo((150, 100)))["artifacts"]
+
+
+def test_heavy_jpeg_blocking_is_detected_light_compression_is_not():
+    img = photo()
+    for quality, blocky in ((10, True), (90, False)):
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality)
+        q = quality_signals(Image.open(buf).convert("RGB"))
+        assert ("blocking" in q["artifacts"]) is blocky, (quality, q["blockiness"])
+
+
+def test_soft_painterly_image_is_kept_and_eligible_everywhere():
+    soft = photo((1280, 850)).filter(ImageFilter.GaussianBlur(6)).filter(ImageFilter.ModeFilter(5))
+    q = quality_signals(soft)
+    assert q["artifacts"] == []
+    assert q["eligible_256"] and q["eligible_512"] and q["eligible_1024"]
+    assert q["detail_loss_256"] < 0.02
+
+
+def test_dense_fine_detail_is_too_complex_for_256_only():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (1024, 1024), dtype=np.uint8), "L").convert("RGB")
+    q = quality_signals(noise, QualityConfig())
+    assert q["detail_loss_256"] > QualityConfig().max_detail_loss
+    assert not q["eligible_256"] and q["eligible_1024"]
