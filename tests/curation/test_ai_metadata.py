@@ -14,7 +14,8 @@ from curation.ai_metadata import metadata_signals, stealth_payload, stealth_sign
 from curation.image_io import ProbeLimits, probe_image
 from tests.conftest import encode, make_image
 
-A1111 = "a castle on a hill\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
+A1111 = ("a castle on a hill\nNegative prompt: blurry\n"
+         "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512")
 COMFY = json.dumps({"3": {"class_type": "KSampler", "inputs": {"seed": 1}}})
 
 
@@ -67,8 +68,10 @@ def test_exif_user_comment_from_a1111(fmt):
     assert "exif:UserComment(automatic1111)" in signals_of(data)
 
 
-@pytest.mark.parametrize("software,expected", [("Midjourney", "midjourney"), ("DALL-E 3", "dall-e"),
-                                               ("Adobe Firefly", "adobe firefly"), ("Stable Diffusion XL", "stable diffusion")])
+@pytest.mark.parametrize("software,expected", [
+    ("Midjourney", "midjourney"), ("DALL-E 3", "dall-e"), ("Adobe Firefly", "adobe firefly"),
+    ("Stable Diffusion XL", "stable diffusion"),
+])
 def test_generator_names_in_software_fields(software, expected):
     assert f"exif:Software({expected})" in signals_of(_exif_jpeg_or_webp("JPEG", Software=software))
 

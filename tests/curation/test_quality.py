@@ -1,4 +1,4 @@
-"""Artifact measures and stage eligibility: borders, aspect, size, blocking, detail loss; softness is never punished."""
+"""Artifact measures and stage eligibility (borders, aspect, size, blocking, detail loss); softness is not punished."""
 
 from __future__ import annotations
 
