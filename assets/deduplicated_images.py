@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
+from assets.exclusion_signals import ASSET as EXCLUSION
+from assets.exclusion_signals import exclusion_signals
 from assets.image_features import ASSET as FEATURES
 from assets.image_features import image_features
 from curation.decisions import decisions_table
@@ -68,13 +70,22 @@ def _candidates(table: pa.Table, embeddings: np.ndarray) -> Candidates:
 
 
 def _finished_feature_partitions(store: TableStore) -> dict[str, str]:
-    """Feature partitions with a completion marker -> a fingerprint of that marker."""
+    """Drops whose features and exclusion signals are both complete -> a fingerprint of both markers."""
     out = {}
     for partition in store.list_partitions(FEATURES):
-        marker = store.read_json(f"{store.dir(FEATURES, partition)}/{SUCCESS_MARKER}")
-        if marker:
-            out[partition] = hashlib.sha256(json.dumps(marker, sort_keys=True).encode()).hexdigest()[:16]
+        markers = [store.read_json(f"{store.dir(asset, partition)}/{SUCCESS_MARKER}") for asset in (FEATURES,
+                                                                                                    EXCLUSION)]
+        if all(markers):
+            out[partition] = hashlib.sha256(json.dumps(markers, sort_keys=True).encode()).hexdigest()[:16]
     return out
+
+
+def _survivors(store: TableStore, partition: str) -> pa.Table:
+    """Feature rows of a drop that no exclusion filter removed (the cheap filters run before dedup)."""
+    features = store.read_table(store.dir(FEATURES, partition))
+    signals = store.read_table(store.dir(EXCLUSION, partition), columns=["source_uri", "excluded"])
+    excluded = signals.filter(signals.column("excluded")).column("source_uri")
+    return features.filter(pc.invert(pc.is_in(features.column("source_uri"), value_set=excluded)))
 
 
 def _load_index(store: TableStore, directory: str, curated: pa.Table, exact_max: int):
@@ -124,7 +135,7 @@ def verify(store: TableStore, config: DedupConfig, increment: int | None, new_ro
 
 
 @dg.asset(
-    deps=[image_features],
+    deps=[image_features, exclusion_signals],
     code_version=DEDUP_CODE_VERSION,
     kinds={"faiss", "parquet"},
     group_name="dedup",
@@ -137,7 +148,7 @@ def verify(store: TableStore, config: DedupConfig, increment: int | None, new_ro
 )
 def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedImagesConfig,
                         storage: StorageResource) -> dg.MaterializeResult:
-    """Exact, perceptual and semantic duplicates removed across all drops and against everything curated before."""
+    """Exact, perceptual and semantic duplicates among the filter survivors, across drops and against the past."""
     store = storage.store()
     dedup_config = config.to_dedup_config()
     chash = _config_hash(dedup_config)
@@ -166,7 +177,7 @@ def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedI
     summary_meta: dict = {}
     if new_partitions:
         increment = increments
-        new = pa.concat_tables([store.read_table(store.dir(FEATURES, p)) for p in new_partitions])
+        new = pa.concat_tables([_survivors(store, p) for p in new_partitions])
         new_rows = new.num_rows
         curated = store.read_table(directory, columns=_RANK_COLUMNS)
         curated_ids = curated.column("sample_id").to_pylist() if curated.num_rows else []

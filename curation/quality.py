@@ -28,8 +28,11 @@ class QualityConfig:
     """Longer side / shorter side above this is an extreme aspect ratio."""
     max_border_fraction: float = 0.25
     """Uniform borders / letterbox bars covering more than this fraction of the image are an artifact."""
-    max_blockiness: float = 1.6
-    """JPEG 8x8 blocking ratio above this is heavy compression damage."""
+    max_blockiness: float = 1.5
+    """JPEG 8x8 blocking: boundary/interior step ratio above this (and the excess below) is heavy compression."""
+    min_blocking_excess: float = 1.5
+    """...and the mean extra step at block boundaries above this many grey levels (a soft image's ratio is high
+    even at JPEG q85 because its interior steps are tiny; the absolute excess is not)."""
     max_detail_loss: float = 0.35
     """Fraction of the image's variance lost at a stage's size above which it is too complex for that stage."""
 
@@ -41,10 +44,13 @@ def _gray(img: Image.Image) -> np.ndarray:
     return np.asarray(g, dtype=np.float32)
 
 
-def border_fraction(gray: np.ndarray, tolerance: float = 6.0) -> float:
+def border_fraction(gray: np.ndarray, tolerance: float = 6.0, min_edge_change: float = 0.5) -> float:
     """Fraction of the image covered by uniform bands along its edges (borders, letterbox and pillarbox bars).
 
-    A row (column) belongs to a band while its pixels stay within `tolerance` grey levels of the edge's colour.
+    A row (column) belongs to a band while its pixels stay within `tolerance` grey levels of the edge's colour. A band
+    only counts when the picture starts along a straight edge: at least `min_edge_change` of the next line differs
+    from the band. Text or an object on a plain background starts with a few pixels, not a whole line, so a poster
+    or a product shot is not mistaken for a bordered image.
     """
     h, w = gray.shape
     if h < 4 or w < 4:
@@ -52,8 +58,15 @@ def border_fraction(gray: np.ndarray, tolerance: float = 6.0) -> float:
 
     def band(lines: np.ndarray) -> int:
         reference = np.median(lines[0])
-        uniform = np.abs(lines - reference).max(axis=1) <= tolerance
-        return int(np.argmin(uniform)) if not uniform.all() else len(lines)
+        deviates = np.abs(lines - reference) > tolerance
+        uniform = ~deviates.any(axis=1)
+        if uniform.all():
+            return len(lines)
+        length = int(np.argmin(uniform))
+        if length == 0:
+            return 0
+        edge = deviates[length : length + 2].mean()
+        return length if edge >= min_edge_change else 0
 
     top, bottom = band(gray), band(gray[::-1])
     left, right = band(gray.T), band(gray.T[::-1])
@@ -63,13 +76,14 @@ def border_fraction(gray: np.ndarray, tolerance: float = 6.0) -> float:
     return float(covered) / float(h * w)
 
 
-def blockiness(gray: np.ndarray) -> float:
-    """JPEG blocking: mean absolute step across 8-pixel block boundaries over the mean step elsewhere (1 = none).
+def blockiness(gray: np.ndarray) -> tuple[float, float]:
+    """JPEG blocking: (mean step across 8-pixel block boundaries / mean step elsewhere, their difference in grey
+    levels). No blocking gives (1, 0).
 
     Measured on the image as stored (before any resize would move the block grid).
     """
     if gray.shape[0] < 32 or gray.shape[1] < 32:
-        return 1.0
+        return 1.0, 0.0
     dx = np.abs(np.diff(gray, axis=1))
     dy = np.abs(np.diff(gray, axis=0))
     cols = np.arange(dx.shape[1])
@@ -77,7 +91,8 @@ def blockiness(gray: np.ndarray) -> float:
     on_x, on_y = (cols % 8) == 7, (rows % 8) == 7
     boundary = dx[:, on_x].mean() + dy[on_y, :].mean()
     inside = dx[:, ~on_x].mean() + dy[~on_y, :].mean()
-    return float(boundary / inside) if inside > 1e-6 else 1.0
+    ratio = float(boundary / inside) if inside > 1e-6 else 1.0
+    return ratio, float(boundary - inside) / 2.0
 
 
 def detail_loss(gray: np.ndarray, side: int) -> float:
@@ -115,10 +130,12 @@ def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig()) -
     gray = _gray(rgb)
     w, h = rgb.size
     side = float(np.sqrt(w * h))
+    ratio, excess = blockiness(np.asarray(rgb.convert("L"), dtype=np.float32)[:2048, :2048])
     out: dict = {
         "aspect_ratio": max(w, h) / max(1, min(w, h)),
         "border_fraction": border_fraction(gray),
-        "blockiness": blockiness(np.asarray(rgb.convert("L"), dtype=np.float32)[:2048, :2048]),
+        "blockiness": ratio,
+        "blocking_excess": excess,
     }
     for stage in config.stages:
         loss = detail_loss(gray, stage)
@@ -133,7 +150,7 @@ def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig()) -
         artifacts.append("extreme_aspect")
     if side < config.min_scale * min(config.stages):
         artifacts.append(f"too_small_for_{min(config.stages)}")
-    if out["blockiness"] > config.max_blockiness:
+    if out["blockiness"] > config.max_blockiness and out["blocking_excess"] > config.min_blocking_excess:
         artifacts.append("blocking")
     out["artifacts"] = artifacts
     return out

@@ -215,11 +215,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 record["sample_id"] = sha256_hex(item.data)
             if item.reason is None and item.data is not None:
                 try:
-                    facts = probe_image(item.data, limits)
+                    facts = probe_image(item.data, limits, with_metadata=True)
                     record.update(format=facts.format, width=facts.width, height=facts.height, mode=facts.mode,
                                   n_frames=facts.n_frames, notes=facts.notes + item.notes)
                     if extractor is not None:
                         record.update(_feature_signals(extractor, item.data))
+                        record.update(_exclusion_signals(item, facts, record.get("nsfw_score")))
                 except ImageRejected as rej:
                     record["error"] = rej.reason
                     record["error_detail"] = rej.details.get("message")
@@ -239,6 +240,17 @@ def _feature_signals(extractor, data: bytes) -> dict[str, Any]:
             "phash_canonical": f"{features['phash_canonical']:016x}",
             "embedding_dim": len(features["embedding"]), "embedding_model": features["embedding_model"],
             "nsfw_score": round(float(features["nsfw_score"]), 5)}
+
+
+def _exclusion_signals(item, facts, nsfw_score: float | None) -> dict[str, Any]:
+    from curation.exclusion import ExclusionConfig, assess
+
+    row, decision = assess(facts.format, item.source_uri, item.data, facts.format,
+                           {"embedded": facts.metadata or {}, "sidecar": item.sidecar}, nsfw_score, None,
+                           ExclusionConfig())
+    keep = ("ai_generated", "ai_signals", "c2pa_present", "c2pa_validation", "watermark_bit_accuracy", "artifacts",
+            "eligible_256", "eligible_512", "eligible_1024", "excluded", "exclusion_reasons")
+    return {k: row[k] for k in keep}
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from assets.source_images import source_drops
 from curation.sources import canonical_uri, drop_key
 from orchestration.definitions import build_resources
 from orchestration.storage import TableStore
-from tests.conftest import encode, make_image
+from tests.conftest import encode
 
 PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "corpus" / "photos"
 
@@ -61,7 +61,7 @@ def test_duplicates_are_removed_and_later_drops_are_checked_against_earlier_ones
     (first / "orig1_q60.jpg").write_bytes(encode(originals[1], "JPEG", quality=60))  # re-encode
     (first / "orig2_flip.png").write_bytes(encode(ImageOps.mirror(originals[2]), "PNG"))  # flip
     key1 = register(storage, instance, first)
-    mats, checks = run(storage, instance, ["source_images", "image_features"], key1)
+    mats, checks = run(storage, instance, ["source_images", "image_features", "exclusion_signals"], key1)
     assert mats["image_features"]["kept"] == 7 and all(checks.values())
     mats, checks = run(storage, instance, ["deduplicated_images"])
     assert all(checks.values()), checks
@@ -85,7 +85,7 @@ def test_duplicates_are_removed_and_later_drops_are_checked_against_earlier_ones
     (second / "orig3_small.png").write_bytes(encode(originals[3].resize((192, 192)), "PNG"))
     (second / "new.png").write_bytes(encode(photo("astronaut.jpg"), "PNG"))
     key2 = register(storage, instance, second)
-    run(storage, instance, ["source_images", "image_features"], key2)
+    run(storage, instance, ["source_images", "image_features", "exclusion_signals"], key2)
     mats, checks = run(storage, instance, ["deduplicated_images"])
     assert all(checks.values()), checks
     dedup = mats["deduplicated_images"]
@@ -100,11 +100,11 @@ def test_duplicates_are_removed_and_later_drops_are_checked_against_earlier_ones
 def test_threshold_change_recomputes_from_scratch(ray_session, tmp_path, storage, instance):
     drop = tmp_path / "d"
     drop.mkdir()
-    img = make_image(160, 120, seed=1)
+    img = photo("rocket.jpg")
     (drop / "a.png").write_bytes(encode(img, "PNG"))
-    (drop / "b.jpg").write_bytes(encode(img, "JPEG", quality=50))
+    (drop / "b.jpg").write_bytes(encode(img, "JPEG", quality=80))
     key = register(storage, instance, drop)
-    run(storage, instance, ["source_images", "image_features"], key)
+    run(storage, instance, ["source_images", "image_features", "exclusion_signals"], key)
     mats, _ = run(storage, instance, ["deduplicated_images"])
     assert mats["deduplicated_images"]["kept"] == 1
     result = dg.materialize(ALL_ASSETS, selection=["deduplicated_images"], instance=instance,

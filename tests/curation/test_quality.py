@@ -62,3 +62,23 @@ def test_dense_fine_detail_is_too_complex_for_256_only():
     q = quality_signals(noise, QualityConfig())
     assert q["detail_loss_256"] > QualityConfig().max_detail_loss
     assert not q["eligible_256"] and q["eligible_1024"]
+
+
+def test_text_on_a_plain_background_is_not_a_border():
+    from PIL import ImageDraw, ImageFont
+
+    poster = Image.new("RGB", (768, 512), (15, 30, 80))
+    draw = ImageDraw.Draw(poster)
+    font = ImageFont.load_default(size=48)
+    for i, line in enumerate(["Public Lecture", "The Hubble Deep Field", "Tuesday 7 pm"]):
+        draw.text((60, 120 + 90 * i), line, fill=(255, 255, 255), font=font)
+    q = quality_signals(poster)
+    assert "border" not in q["artifacts"], q["border_fraction"]
+
+
+def test_soft_image_at_high_jpeg_quality_is_not_blocky():
+    soft = photo().filter(ImageFilter.GaussianBlur(4))
+    buf = io.BytesIO()
+    soft.save(buf, "JPEG", quality=85)
+    q = quality_signals(Image.open(buf).convert("RGB"))
+    assert "blocking" not in q["artifacts"], (q["blockiness"], q["blocking_excess"])

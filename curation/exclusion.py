@@ -1,0 +1,155 @@
+"""Exclusion decisions for one image: AI-generated (any confident signal), NSFW, artifacts; plus stage eligibility.
+
+Pure: takes the stored bytes, the ingest metadata and the features row, returns every score and flag and, when the
+image must go, one ledger decision naming the reason (the other reasons ride along in its details).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from PIL import Image
+
+from curation.ai_metadata import metadata_signals, stealth_signals
+from curation.decisions import Decision
+from curation.image_io import load_rgb
+from curation.provenance import c2pa_signals, sdxl_watermark
+from curation.quality import QualityConfig, quality_signals
+
+EXCLUSION_CODE_VERSION = "exclusion-1"
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "TIFF": "image/tiff",
+         "AVIF": "image/avif", "HEIF": "image/heif"}
+
+
+@dataclass(frozen=True)
+class ExclusionConfig:
+    """Which signals run and where the thresholds are."""
+
+    nsfw_threshold: float = 0.8
+    """open-NSFW probability at or above which an image is dropped (Yahoo's own "unsafe" bound)."""
+    check_c2pa: bool = True
+    """Read C2PA manifests."""
+    check_watermark: bool = True
+    """Decode the SDXL invisible watermark."""
+    check_stealth: bool = True
+    """Look for stealth-pnginfo payloads in alpha/RGB low bits."""
+    drop_artifacts: bool = True
+    """Drop images with artifacts (borders, extreme aspect, too small for the first stage, heavy blocking)."""
+    probe_threshold: float = 0.99
+    """Learned-probe probability at or above which an image counts as AI-generated (conservative by default)."""
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    """Artifact thresholds and curriculum stages."""
+
+
+def exclusion_schema(stages: tuple[int, ...]) -> pa.Schema:
+    """Schema of `exclusion_signals` for the configured curriculum stages."""
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("ai_generated", pa.bool_(), nullable=False),
+            pa.field("ai_signals", pa.list_(pa.string()), nullable=False),
+            pa.field("c2pa_present", pa.bool_()),
+            pa.field("c2pa_validation", pa.string()),
+            pa.field("watermark_bit_accuracy", pa.float32()),
+            pa.field("probe_score", pa.float32()),
+            pa.field("nsfw_score", pa.float32()),
+            pa.field("aspect_ratio", pa.float32(), nullable=False),
+            pa.field("border_fraction", pa.float32(), nullable=False),
+            pa.field("blockiness", pa.float32(), nullable=False),
+            pa.field("blocking_excess", pa.float32(), nullable=False),
+            *[pa.field(f"detail_loss_{s}", pa.float32(), nullable=False) for s in stages],
+            *[pa.field(f"eligible_{s}", pa.bool_(), nullable=False) for s in stages],
+            pa.field("artifacts", pa.list_(pa.string()), nullable=False),
+            pa.field("excluded", pa.bool_(), nullable=False),
+            pa.field("exclusion_reasons", pa.list_(pa.string()), nullable=False),
+        ]
+    )
+
+
+def _ai_reason(signals: list[str]) -> str:
+    kinds = [s.split(":", 1)[0] for s in signals]
+    for kind, reason in (("c2pa", "ai_generated_c2pa"), ("c2pa_invalid", "ai_generated_c2pa_invalid"),
+                         ("watermark", "ai_generated_watermark"), ("stealth", "ai_generated_stealth"),
+                         ("probe", "ai_generated_probe")):
+        if kind in kinds:
+            return reason
+    return "ai_generated_metadata"
+
+
+def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dict, nsfw_score: float | None,
+           probe_score: float | None, config: ExclusionConfig) -> tuple[dict, Decision | None]:
+    """Every exclusion signal of one image and the ledger decision if it is excluded.
+
+    Args:
+        sample_id: the image's sha256.
+        source_uri: where it came from.
+        data: the original bytes.
+        fmt: the format found at ingest (`JPEG`, `PNG`, ...).
+        metadata: the ingest metadata document (`{"embedded": ..., "sidecar": ...}`).
+        nsfw_score: from `image_features` (None if unknown).
+        probe_score: the learned AI-image probe's probability (None if no probe is trained).
+        config: thresholds and switches.
+
+    Returns:
+        (row for `exclusion_signals`, a `drop` decision or None). The decision's stage is that of the first
+        reason in the order ai_image, nsfw, artifact; all reasons are in its details.
+    """
+    signals = list(metadata_signals(metadata))
+    row: dict = {"sample_id": sample_id, "source_uri": source_uri, "c2pa_present": None, "c2pa_validation": None,
+                 "watermark_bit_accuracy": None, "probe_score": probe_score, "nsfw_score": nsfw_score}
+    if config.check_c2pa:
+        c2pa = c2pa_signals(data, _MIME.get(fmt))
+        row["c2pa_present"] = bool(c2pa.get("present"))
+        row["c2pa_validation"] = c2pa.get("validation_state")
+        if c2pa.get("trained_algorithmic"):
+            # with no trust list configured an intact manifest is "Valid" with one error, signingCredential.untrusted:
+            # that is the normal case for generator credentials, not tampering
+            errors = [e for e in c2pa.get("validation_errors") or [] if e != "signingCredential.untrusted"]
+            valid = not errors and str(c2pa.get("validation_state") or "").lower() in ("valid", "trusted")
+            signals.append(("c2pa:" if valid else "c2pa_invalid:") + ",".join(c2pa.get("digital_source_types", [])))
+    if config.check_stealth:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as original:
+                original.seek(0)
+                if original.mode in ("RGBA", "RGB"):
+                    signals += stealth_signals(original.copy())
+    rgb = load_rgb(data)
+    if config.check_watermark:
+        mark = sdxl_watermark(rgb)
+        row["watermark_bit_accuracy"] = mark.get("bit_accuracy")
+        if mark.get("detected"):
+            signals.append(f"watermark:sdxl_dwtdct({mark['bit_accuracy']:.3f})")
+    if probe_score is not None and probe_score >= config.probe_threshold:
+        signals.append(f"probe:{probe_score:.3f}")
+    quality = quality_signals(rgb, config.quality)
+    row.update({k: v for k, v in quality.items() if k != "artifacts"})
+    row["artifacts"] = quality["artifacts"]
+    row["ai_signals"] = signals
+    row["ai_generated"] = bool(signals)
+
+    reasons: list[tuple[str, str, float | None, float | None]] = []  # (stage, reason, score, threshold)
+    if signals:
+        kind = _ai_reason(signals)
+        score = row["watermark_bit_accuracy"] if kind == "ai_generated_watermark" else (
+            probe_score if kind == "ai_generated_probe" else None)
+        threshold = config.probe_threshold if kind == "ai_generated_probe" else None
+        reasons.append(("ai_image", kind, score, threshold))
+    if nsfw_score is not None and nsfw_score >= config.nsfw_threshold:
+        reasons.append(("nsfw", "nsfw", float(nsfw_score), config.nsfw_threshold))
+    if config.drop_artifacts:
+        for artifact in quality["artifacts"]:
+            reasons.append(("artifact", artifact, None, None))
+    row["excluded"] = bool(reasons)
+    row["exclusion_reasons"] = [r[1] for r in reasons]
+    if not reasons:
+        return row, None
+    stage, reason, score, threshold = reasons[0]
+    details = {"ai_signals": signals, "all_reasons": row["exclusion_reasons"], "artifacts": quality["artifacts"],
+               "nsfw_score": nsfw_score}
+    return row, Decision(sample_id, source_uri, stage, "drop", reason, score=score, threshold=threshold,
+                         details=details)
