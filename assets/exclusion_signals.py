@@ -10,11 +10,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from assets.ai_image_probe import ai_image_probe, load_probe
 from assets.image_features import ASSET as FEATURES
 from assets.image_features import image_features
 from assets.source_images import source_drops, source_images
 from curation.decisions import StageCounts, decisions_table
 from curation.exclusion import EXCLUSION_CODE_VERSION, ExclusionConfig, assess, exclusion_schema
+from curation.features import embedding_matrix
+from curation.probe import Probe
 from curation.quality import QualityConfig
 from orchestration.ray_adapter import Throughput, run_units
 from orchestration.resources import AtelierRay, StorageResource
@@ -56,18 +59,25 @@ def _hash(obj) -> str:
 
 def exclusion_for_part(task: tuple) -> dict:
     """Ray task body: signals for one source part; writes the ledger part, then the signals part."""
-    store, partition, index, source_path, features_path, input_id, config, run_id = task
+    store, partition, index, source_path, features_path, input_id, config, run_id, probe_json = task
     with store.fs.open_input_file(source_path) as f:
         source = pq.read_table(f, columns=["sample_id", "source_uri", "image", "format", "metadata"])
-    features = store.read_part(features_path, ["source_uri", "nsfw_score"])
-    nsfw = dict(zip(features.column("source_uri").to_pylist(), features.column("nsfw_score").to_pylist(),
-                    strict=True))
+    features = store.read_part(features_path, ["source_uri", "nsfw_score", "embedding", "embedding_model"])
+    uris = features.column("source_uri").to_pylist()
+    nsfw = dict(zip(uris, features.column("nsfw_score").to_pylist(), strict=True))
+    probe_scores: dict[str, float] = {}
+    probe = Probe.from_json(probe_json) if probe_json else None
+    if probe is not None and features.num_rows:
+        same_model = features.column("embedding_model").to_pylist() == [probe.embedding_model] * features.num_rows
+        if same_model:  # a probe fitted on another model's embeddings would score noise
+            probe_scores = dict(zip(uris, probe.score(embedding_matrix(features)).tolist(), strict=True))
     rows, decisions = [], []
     counts = StageCounts()
     for rec in source.to_pylist():
         counts.total += 1
         row, decision = assess(rec["sample_id"], rec["source_uri"], rec["image"], rec["format"],
-                               json.loads(rec["metadata"]), nsfw.get(rec["source_uri"]), None, config)
+                               json.loads(rec["metadata"]), nsfw.get(rec["source_uri"]),
+                               probe_scores.get(rec["source_uri"]), config)
         rows.append(row)
         if decision is None:
             counts.kept += 1
@@ -87,7 +97,7 @@ def exclusion_for_part(task: tuple) -> dict:
 
 @dg.asset(
     partitions_def=source_drops,
-    deps=[source_images, image_features],
+    deps=[source_images, image_features, ai_image_probe],
     code_version=EXCLUSION_CODE_VERSION,
     kinds={"ray", "parquet"},
     group_name="filters",
@@ -108,15 +118,20 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
                            f"({len(sources)} source part(s), {len(features)} feature part(s))")
     for directory in (store.dir(ASSET, partition), store.decisions_dir(ASSET, partition)):
         store.remove_parts_from(directory, len(sources))
+    probe = load_probe(store)
+    probe_json = probe.to_json() if probe else None
+    if probe is None:
+        context.log.warning("no ai_image_probe trained: the learned-probe signal is off for this run")
     todo, reused = [], 0
     for index, (src, feat) in enumerate(zip(sources, features, strict=True)):
-        input_id = _hash([store.part_summary(src), store.part_summary(feat), chash])
+        input_id = _hash([store.part_summary(src), store.part_summary(feat), chash, probe.version if probe else None])
         done = store.part_summary(store.part_path(ASSET, partition, index))
         if done and done.get("input_id") == input_id and store.exists(
                 store.part_path("decisions/" + ASSET, partition, index)):
             reused += 1
             continue
-        todo.append((store, partition, index, src, feat, input_id, exclusion_config, context.run.run_id))
+        todo.append((store, partition, index, src, feat, input_id, exclusion_config, context.run.run_id,
+                     probe_json))
     clock = Throughput()
     computed = sum(s["counts"]["total"] for s in run_units(exclusion_for_part, todo, num_cpus=1.0))
     rate = clock.per_second(computed)
@@ -137,6 +152,7 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
                 for s in exclusion_config.quality.stages} if table.num_rows else {}
     metadata = {**counts.to_dict(), **eligible, "dagster/row_count": table.num_rows, "parts": len(sources),
                 "parts_reused": reused, "images_per_second": round(rate, 2),
+                "probe_version": probe.version if probe else "none",
                 "path": dg.MetadataValue.path(store.uri(store.dir(ASSET, partition)))}
     check = dg.AssetCheckResult(check_name="accounting", passed=passed,
                                 metadata={"source_rows": source_rows, "rows": table.num_rows, "excluded": excluded,

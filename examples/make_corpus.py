@@ -234,6 +234,21 @@ def build_manifest(photos: dict[str, Image.Image], out_file: Path) -> None:
     pq.write_table(table, out_file, row_group_size=4)
 
 
+def build_probe_set(ai_dev: Path, out: Path) -> None:
+    """AI-generated examples for the demo's `ai_image_probe` (ComfyUI's examples, "permission for any use").
+
+    The screenshot of a node graph (lora.png) is left out: it is not a generated image.
+    """
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for path in sorted((ai_dev / "ai" / "comfyui-examples").glob("*.png")):
+        if path.name == "lora.png":
+            continue
+        img = _shrink(Image.open(path).convert("RGB"))
+        (out / f"{path.stem}.jpg").write_bytes(_jpeg(img))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=HERE.parent.parent / "shared" / "data" / "corpus_dev")
@@ -250,6 +265,9 @@ def main() -> None:
     build_manifest(photos, args.out / "manifest.parquet")
     if attribution:
         (args.out / "ATTRIBUTION.md").write_text(attribution)
+    ai_dev = args.shared.parent / "ai_dev"
+    if ai_dev.is_dir():
+        build_probe_set(ai_dev, HERE / "probe" / "ai")
 
 
 if __name__ == "__main__":

@@ -115,9 +115,25 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
 
     init_ray(ray_cfg.get("num_cpus"))  # one Ray for every run this command makes
     summaries: list[dict[str, Any]] = []
-    runs = [(key, partitioned) for key in keys if partitioned]
-    if global_keys:
-        runs.append((None, global_keys))
+    # global assets upstream of the partitioned ones (the probe) run first, the downstream ones (dedup) last
+    def has_partitioned_ancestor(key) -> bool:
+        stack, seen = list(graph.get(key).parent_keys), set()
+        while stack:
+            parent = stack.pop()
+            if parent in seen:
+                continue
+            seen.add(parent)
+            if graph.get(parent).partitions_def is not None:
+                return True
+            stack.extend(graph.get(parent).parent_keys)
+        return False
+
+    global_before = [k for k in global_keys if not has_partitioned_ancestor(k)]
+    global_after = [k for k in global_keys if k not in global_before]
+    runs = [(None, global_before)] if global_before else []
+    runs += [(key, partitioned) for key in keys if partitioned]
+    if global_after:
+        runs.append((None, global_after))
     for partition, asset_keys in runs:
         result = dg.materialize(ALL_ASSETS, selection=asset_keys, partition_key=partition, instance=instance,
                                 resources=resources, run_config=run_config_for(asset_keys), raise_on_error=False,
