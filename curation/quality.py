@@ -26,7 +26,7 @@ class QualityConfig:
     """A stage needs sqrt(width*height) >= min_scale * stage (a little upsampling is harmless)."""
     max_aspect: float = 4.0
     """Longer side / shorter side above this is an extreme aspect ratio."""
-    max_border_fraction: float = 0.25
+    max_border_fraction: float = 0.10
     """Uniform borders / letterbox bars covering more than this fraction of the image are an artifact."""
     max_blockiness: float = 1.5
     """JPEG 8x8 blocking: boundary/interior step ratio above this (and the excess below) is heavy compression."""
