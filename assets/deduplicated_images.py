@@ -76,7 +76,9 @@ def _finished_feature_partitions(store: TableStore) -> dict[str, str]:
         markers = [store.read_json(f"{store.dir(asset, partition)}/{SUCCESS_MARKER}") for asset in (FEATURES,
                                                                                                     EXCLUSION)]
         if all(markers):
-            out[partition] = hashlib.sha256(json.dumps(markers, sort_keys=True).encode()).hexdigest()[:16]
+            # what the data is, not which run wrote it: a rerun that reused every part changes nothing here
+            content = [{k: v for k, v in m.items() if k != "run_id"} for m in markers]
+            out[partition] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     return out
 
 

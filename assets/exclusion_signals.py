@@ -147,7 +147,10 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
     passed = table.num_rows == source_rows and excluded == ledger.num_rows and counts.balanced()
     store.write_json(f"{store.dir(ASSET, partition)}/{SUCCESS_MARKER}",
                      {"config_hash": chash, "code_version": EXCLUSION_CODE_VERSION, "run_id": context.run.run_id,
-                      "parts": len(sources), "counts": counts.to_dict()})
+                      "parts": len(sources), "counts": counts.to_dict(),
+                      "probe_version": probe.version if probe else None,
+                      "input_ids": [store.part_summary(store.part_path(ASSET, partition, i))["input_id"]
+                                    for i in range(len(sources))]})
     eligible = {f"eligible_{s}": int(pc.sum(table.column(f"eligible_{s}")).as_py() or 0)
                 for s in exclusion_config.quality.stages} if table.num_rows else {}
     metadata = {**counts.to_dict(), **eligible, "dagster/row_count": table.num_rows, "parts": len(sources),

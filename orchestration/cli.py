@@ -172,6 +172,11 @@ def print_summary(summaries: list[dict[str, Any]], out=None) -> None:
         mine = [ok for (a, p, _), ok in checks.items() if a == s["asset"] and p == s["partition"]]
         status = "ok" if mine and all(mine) else ("FAIL" if mine else "-")
         reasons = ", ".join(f"{k[len('dropped_'):]}={v}" for k, v in meta.items() if k.startswith("dropped_"))
+        if "curated_total" in meta:  # incremental assets: what this run added and what the whole set holds now
+            reasons = f"[{meta['curated_total']} curated in all] {reasons}".strip()
+        if "held_out_auc" in meta:
+            reasons = f"probe {meta.get('version')}: {meta['n_ai']} AI / {meta['n_real']} real, held-out AUC " \
+                      f"{meta['held_out_auc']:.2f}"
         partition = str(s["partition"] or "-")
         print(f"{s['asset']:<22} {partition:<28} {meta.get('total', ''):>6} {meta.get('kept', ''):>6} "
               f"{meta.get('dropped', ''):>8}  {status:<6}  {reasons}", file=out)
