@@ -96,6 +96,7 @@ class ImageRejected(Exception):
         super().__init__(message)
         self.reason = reason
         self.details = {"message": message, **details}
+        self.metadata: dict | None = None  # set when the image decoded and only a policy (size) refused it
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,11 @@ def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits(), with_metadata:
         rgb=rgb,
     )
     if min(facts.width, facts.height) < limits.min_side:
-        raise ImageRejected("too_small", f"{facts.width}x{facts.height} is below the {limits.min_side} px minimum",
-                            width=facts.width, height=facts.height, min_side=limits.min_side)
+        message = f"{facts.width}x{facts.height} is below the {limits.min_side} px minimum"
+        rejection = ImageRejected("too_small", message, width=facts.width, height=facts.height,
+                                  min_side=limits.min_side)
+        rejection.metadata = metadata
+        raise rejection
     return facts
 
 

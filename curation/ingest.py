@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.ai_metadata import metadata_signals
 from curation.decisions import Decision, StageCounts
 from curation.image_io import ImageRejected, ProbeLimits, extension_matches, probe_image
 from curation.schema import SOURCE_IMAGES_SCHEMA
@@ -70,7 +71,12 @@ def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[
     try:
         facts = probe_image(item.data, config.probe, with_metadata=True)
     except ImageRejected as rej:
-        return None, [Decision(sample_id, item.source_uri, "ingest", "drop", rej.reason, details=rej.details)]
+        details = dict(rej.details)
+        if rej.metadata is not None:  # refused for its size only: still say if it was AI-made (for audits)
+            signals = metadata_signals({"embedded": rej.metadata, "sidecar": item.sidecar})
+            if signals:
+                details["ai_signals"] = signals
+        return None, [Decision(sample_id, item.source_uri, "ingest", "drop", rej.reason, details=details)]
     notes = list(facts.notes) + list(item.notes)
     if not extension_matches(facts.format, item.name):
         notes.append(f"extension_mismatch_is_{facts.format.lower()}")

@@ -98,3 +98,14 @@ def test_an_input_that_breaks_a_library_is_recorded_not_fatal(tmp_path, monkeypa
     errors = [d for d in result.decisions if d.reason == "ingest_error"]
     assert all("MemoryError" in d.details["error"] for d in errors)
     assert result.counts.kept == 3
+
+
+def test_too_small_generated_image_names_its_ai_signal(tmp_path):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7")
+    (tmp_path / "tiny_ai.png").write_bytes(encode(make_image(8, 8), "PNG", pnginfo=info))
+    (unit,) = plan_units(str(tmp_path))
+    (decision,) = ingest_unit(unit, "d", CONFIG).decisions
+    assert decision.reason == "too_small" and decision.details["ai_signals"] == ["png_chunk:parameters(automatic1111)"]
