@@ -17,9 +17,15 @@ from assets.exclusion_signals import exclusion_signals
 from assets.image_features import ASSET as FEATURES
 from assets.image_features import image_features
 from curation.decisions import decisions_table
-from curation.dedup import DEDUP_CODE_VERSION, Candidates, DedupConfig, build_semantic_index, deduplicate
-from curation.features import embedding_matrix
-from curation.hamming import hamming_pairs
+from curation.dedup import (
+    DEDUP_CODE_VERSION,
+    Candidates,
+    DedupConfig,
+    build_semantic_index,
+    deduplicate,
+    orientation_pairs,
+)
+from curation.features import embedding_matrix, orientation_matrix
 from orchestration.ray_adapter import Throughput
 from orchestration.resources import StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
@@ -28,16 +34,14 @@ ASSET = "deduplicated_images"
 STATE = "_STATE.json"
 INDEX = "semantic.faiss"
 INDEX_IDS = "semantic_ids.parquet"
-_RANK_COLUMNS = ["sample_id", "source_uri", "phash_canonical", "dhash_canonical", "width", "height", "byte_size"]
+_RANK_COLUMNS = ["sample_id", "source_uri", "phash_orientations", "width", "height", "byte_size"]
 
 
 class DeduplicatedImagesConfig(dg.Config):
     """Duplicate thresholds (defaults measured in bench/dedup_eval.py)."""
 
     phash_threshold: int = Field(default=DedupConfig.phash_threshold,
-                                 description="Max Hamming distance of canonical pHashes (-1 disables).")
-    dhash_threshold: int | None = Field(default=DedupConfig.dhash_threshold,
-                                        description="If set, perceptual pairs also need canonical dHash within it.")
+                                 description="Max pHash Hamming distance, best orientation (-1 disables).")
     semantic_threshold: float = Field(default=DedupConfig.semantic_threshold,
                                       description="Min cosine similarity of embeddings (> 1 disables).")
     exact_search_max: int = Field(default=DedupConfig.exact_search_max,
@@ -46,7 +50,7 @@ class DeduplicatedImagesConfig(dg.Config):
 
     def to_dedup_config(self) -> DedupConfig:
         """The one conversion from Dagster config to the pure config."""
-        return DedupConfig(phash_threshold=self.phash_threshold, dhash_threshold=self.dhash_threshold,
+        return DedupConfig(phash_threshold=self.phash_threshold,
                            semantic_threshold=self.semantic_threshold, exact_search_max=self.exact_search_max,
                            ivf_nprobe=self.ivf_nprobe)
 
@@ -60,8 +64,7 @@ def _candidates(table: pa.Table, embeddings: np.ndarray) -> Candidates:
     return Candidates(
         sample_ids=table.column("sample_id").to_pylist(),
         source_uris=table.column("source_uri").to_pylist(),
-        phash=table.column("phash_canonical").to_numpy().astype(np.uint64),
-        dhash=table.column("dhash_canonical").to_numpy().astype(np.uint64),
+        orientations=orientation_matrix(table),
         embeddings=embeddings,
         pixels=(pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
                 .to_numpy()),
@@ -108,7 +111,7 @@ def _load_index(store: TableStore, directory: str, curated: pa.Table, exact_max:
 def verify(store: TableStore, config: DedupConfig, increment: int | None, new_rows: int) -> list[dg.AssetCheckResult]:
     """The three checks: accounting of the last increment, unique sha256, no kept pair within the threshold."""
     directory = store.dir(ASSET)
-    kept = store.read_table(directory, columns=["sample_id", "phash_canonical", "dhash_canonical"])
+    kept = store.read_table(directory, columns=["sample_id", "phash_orientations"])
     results = []
     if increment is None:
         accounting = {"passed": True, "metadata": {"new_rows": 0}}
@@ -125,11 +128,7 @@ def verify(store: TableStore, config: DedupConfig, increment: int | None, new_ro
                                        metadata={"kept": len(ids), "distinct": len(set(ids))}))
     pairs = 0
     if config.phash_threshold >= 0 and kept.num_rows:
-        phash = kept.column("phash_canonical").to_numpy().astype(np.uint64)
-        i, j, _ = hamming_pairs(phash, config.phash_threshold)
-        if config.dhash_threshold is not None and len(i):
-            dhash = kept.column("dhash_canonical").to_numpy().astype(np.uint64)
-            i = i[np.bitwise_count(dhash[i] ^ dhash[j]) <= config.dhash_threshold]
+        i, _, _ = orientation_pairs(orientation_matrix(kept), config.phash_threshold)
         pairs = len(i)
     results.append(dg.AssetCheckResult(check_name="no_perceptual_pairs_kept", passed=pairs == 0,
                                        metadata={"pairs_within_threshold": pairs}))

@@ -84,7 +84,7 @@ def features_for_part(stage: FeatureExtractor, task: tuple) -> dict:
 )
 def image_features(context: dg.AssetExecutionContext, config: ImageFeaturesConfig, storage: StorageResource,
                    ray_cluster: AtelierRay) -> dg.MaterializeResult:
-    """pHash/dHash (+ flip/rotation-canonical forms), an L2-normalised float16 embedding and the NSFW score."""
+    """pHash/dHash (+ the pHash of each of 8 orientations), an L2-normalised float16 embedding and the NSFW score."""
     partition = context.partition_key
     store: TableStore = storage.store()
     feature_config = config.to_feature_config()

@@ -198,30 +198,19 @@ def subject_of(file: str) -> str:
     return Path(file).stem.split("__")[0]
 
 
-def dihedral_phashes(rgb: Image.Image) -> list[int]:
-    """The 8 pHashes whose minimum `perceptual_hashes` keeps as canonical, computed the same way (diagnostic)."""
-    import imagehash
-
-    from curation.hashing import CANONICAL_THUMB, _dihedral, hash_to_int
-
-    thumb = rgb.convert("L")
-    thumb.thumbnail((CANONICAL_THUMB, CANONICAL_THUMB), Image.Resampling.BILINEAR)
-    return [hash_to_int(imagehash.phash(t)) for t in _dihedral(thumb)]
-
-
 def extract(corpus: Path, seed: int, threads: int) -> Variants:
     """Transform every original and run all variants through the production feature path, one original at a time
     (so at most 26 full-resolution images are held in memory)."""
     import pyarrow as pa
 
     from curation.embedding import EmbeddingConfig
-    from curation.features import FeatureConfig, FeatureExtractor, _reduce, embedding_matrix
+    from curation.features import FeatureConfig, FeatureExtractor, embedding_matrix, orientation_matrix
     from curation.image_io import load_rgb
 
     records = [json.loads(line) for line in (corpus / "metadata.jsonl").read_text().splitlines() if line.strip()]
     extractor = FeatureExtractor(FeatureConfig(embedding=EmbeddingConfig(threads=threads)))
     extractor.setup()
-    subject, origin, names, tables, coverage, dihedral = [], [], [], [], [], []
+    subject, origin, names, tables, coverage = [], [], [], [], []
     for k, rec in enumerate(records):
         data = (corpus / rec["file"]).read_bytes()
         # transforms start from the image as the pipeline sees it (EXIF orientation applied, RGB)
@@ -244,7 +233,6 @@ def extract(corpus: Path, seed: int, threads: int) -> Variants:
         # process_batch, not a re-implementation: the evaluation then follows any change to the production path
         # (including the float16 storage of embeddings); only the diagnostic hashes decode a second time
         tables.append(extractor.process_batch(table))
-        dihedral += [dihedral_phashes(_reduce(load_rgb(b))) for b in blobs]
         subject += [subject_of(rec["file"])] * n
         origin += [k] * n
         names += [v[0] for v in variants]
@@ -254,10 +242,12 @@ def extract(corpus: Path, seed: int, threads: int) -> Variants:
     def col(name: str) -> np.ndarray:
         return feats.column(name).to_numpy().astype(np.uint64)
 
-    return Variants(subject=subject, origin=np.array(origin), transform=names, phash=col("phash_canonical"),
-                    dhash=col("dhash_canonical"), phash_plain=col("phash"),
-                    phash_dihedral=np.array(dihedral, dtype=np.uint64), embeddings=embedding_matrix(feats),
-                    caption_coverage=coverage)
+    orientations = orientation_matrix(feats)
+    # the pipeline's rule is the orientation search over `orientations`; the minimum over them (the "canonical"
+    # hash the pipeline used before) and the full-resolution upright pHash are diagnostics
+    return Variants(subject=subject, origin=np.array(origin), transform=names, phash=orientations.min(axis=1),
+                    dhash=col("dhash"), phash_plain=col("phash"), phash_dihedral=orientations,
+                    embeddings=embedding_matrix(feats), caption_coverage=coverage)
 
 
 # ----------------------------------------------------------------------------------------------------------- pairs
@@ -499,7 +489,7 @@ def main() -> None:
     metric = np.array([r.metric for r in rules])
     is_perc = np.array([r.semantic is None for r in rules])
     is_sem = np.array([r.phash is None for r in rules])
-    canonical = metric == "canonical"
+    canonical = metric == "search"  # the pipeline's perceptual rule
     mp = args.min_precision
     ones_pos, ones_neg = np.ones(len(pos.i), np.float32), np.ones(len(grid.neg.i), np.float32)
 

@@ -1,5 +1,5 @@
-"""Deduplication: exact (sha256) -> perceptual (Hamming on canonical hashes) -> semantic (cosine of embeddings),
-union-find over all three kinds of edge, one representative per component.
+"""Deduplication: exact (sha256) -> perceptual (pHash Hamming with an orientation search) -> semantic (cosine of
+embeddings), union-find over all three kinds of edge, one representative per component.
 
 Incremental: `deduplicate` takes the new rows and, optionally, everything curated before (its hashes plus a faiss
 index over its embeddings). Earlier representatives always stay (shards may already be built from them); new rows
@@ -25,9 +25,8 @@ class DedupConfig:
     """Thresholds of the three duplicate tests (defaults chosen by `bench/dedup_eval.py`, see BENCHMARKS.md)."""
 
     phash_threshold: int = 8
-    """Largest Hamming distance between canonical pHashes that makes a perceptual duplicate (-1 disables)."""
-    dhash_threshold: int | None = None
-    """If set, a perceptual edge also needs canonical dHashes within this distance."""
+    """Largest pHash Hamming distance (best of one image's 8 orientations against the other upright) that makes a
+    perceptual duplicate (-1 disables)."""
     semantic_threshold: float = 0.91
     """Smallest cosine similarity of embeddings that makes a semantic duplicate (> 1 disables)."""
     exact_search_max: int = 20_000
@@ -42,8 +41,7 @@ class Candidates:
 
     sample_ids: list[str]
     source_uris: list[str]
-    phash: np.ndarray  # uint64, canonical form
-    dhash: np.ndarray  # uint64, canonical form
+    orientations: np.ndarray  # uint64 (n, 8): pHash of each orientation, upright first
     embeddings: np.ndarray  # float32 (n, d), L2-normalised
     pixels: np.ndarray  # width * height
     byte_size: np.ndarray
@@ -76,6 +74,35 @@ class UnionFind:
             ra, rb = rb, ra
         self.parent[rb] = ra
         self.size[ra] += self.size[rb]
+
+
+def orientation_pairs(queries: np.ndarray, threshold: int,
+                      base_upright: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs whose pHashes are within `threshold` bits in the best orientation.
+
+    Args:
+        queries: (n, 8) orientation hashes of the images being checked.
+        threshold: largest distance reported.
+        base_upright: (m,) upright hashes to check against; None for a self-join of the queries (then i < j).
+
+    Returns:
+        (i, j, distance) with the smallest distance over the 8 orientations of row i against upright j (and, in a
+        self-join, of either row against the other).
+    """
+    base = queries[:, 0] if base_upright is None else base_upright
+    qi, j, d = hamming_pairs(np.ascontiguousarray(queries.reshape(-1)), threshold, base)
+    i = qi // 8
+    if base_upright is None:
+        keep = i != j
+        i, j, d = np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep]), d[keep]
+    if len(i) == 0:
+        return i, j, d
+    key = i * np.int64(len(base)) + j
+    order = np.lexsort((d, key))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = order[first]
+    return i[keep], j[keep], d[keep]
 
 
 def cosine_pairs(queries: np.ndarray, threshold: float, base: np.ndarray | None = None,
@@ -208,16 +235,12 @@ def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None
     if ei:
         link(np.array(ei), np.array(ej), np.zeros(len(ei)), EXACT, 0.0, 0)
 
-    # perceptual: canonical pHash (flip/rotation invariant), optionally confirmed by canonical dHash
-    if config.phash_threshold >= 0:
+    # perceptual: pHash with an orientation search (flip/rotation invariant)
+    if config.phash_threshold >= 0 and n:
         targets = [(None, 0)] + ([(curated, n)] if m else [])
         for base, offset in targets:
-            i, j, d = hamming_pairs(new.phash, config.phash_threshold, None if base is None else base.phash)
-            if config.dhash_threshold is not None and len(i):
-                other = new.dhash if base is None else base.dhash
-                dd = np.bitwise_count(new.dhash[i] ^ other[j])
-                ok = dd <= config.dhash_threshold
-                i, j, d = i[ok], j[ok], d[ok]
+            i, j, d = orientation_pairs(new.orientations, config.phash_threshold,
+                                        None if base is None else base.orientations[:, 0])
             link(i, j, d.astype(float), PERCEPTUAL, float(config.phash_threshold), offset)
 
     # semantic: cosine of embeddings (SemDeDup); flat when small, IVF clusters when large

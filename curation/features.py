@@ -17,7 +17,7 @@ from curation.image_io import load_rgb
 from curation.stage import StageResources
 
 FEATURES_CODE_VERSION = "features-1"
-HASH_COLUMNS = ("phash", "dhash", "phash_canonical", "dhash_canonical")
+HASH_COLUMNS = ("phash", "dhash")
 PASS_THROUGH = ("sample_id", "source", "source_uri", "width", "height", "byte_size", "format")
 EMBED_SIDE = 256
 """Images are reduced to about this side before hashing and embedding (both models look at 224-256 px)."""
@@ -35,6 +35,7 @@ def features_schema(dim: int) -> pa.Schema:
             pa.field("byte_size", pa.int64(), nullable=False),
             pa.field("format", pa.string(), nullable=False),
             *[pa.field(name, pa.uint64(), nullable=False) for name in HASH_COLUMNS],
+            pa.field("phash_orientations", pa.list_(pa.uint64(), 8), nullable=False),
             pa.field("embedding", pa.list_(pa.float16(), dim), nullable=False),
             pa.field("nsfw_score", pa.float32(), nullable=False),
             pa.field("embedding_model", pa.string(), nullable=False),
@@ -94,11 +95,19 @@ class FeatureExtractor:
         columns = {name: table.column(name) for name in PASS_THROUGH}
         for name in HASH_COLUMNS:
             columns[name] = pa.array([h[name] for h in hashes], pa.uint64())
+        orientations = pa.array([v for h in hashes for v in h["phash_orientations"]], pa.uint64())
+        columns["phash_orientations"] = pa.FixedSizeListArray.from_arrays(orientations, 8)
         flat = pa.array(embeddings.astype(np.float16).reshape(-1), pa.float16())
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
         columns["nsfw_score"] = pa.array(nsfw.astype(np.float32), pa.float32())
         columns["embedding_model"] = pa.array([self.embedder.name] * table.num_rows, pa.string())
         return pa.table(columns, schema=schema)
+
+
+def orientation_matrix(table: pa.Table) -> np.ndarray:
+    """The `phash_orientations` column as a uint64 (n, 8) matrix (column 0 is the upright hash)."""
+    column = table.column("phash_orientations").combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).astype(np.uint64).reshape(-1, 8)
 
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:

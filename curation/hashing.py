@@ -1,8 +1,10 @@
-"""Perceptual hashes (pHash, dHash via imagehash) and their flip/rotation-canonical forms, as uint64.
+"""Perceptual hashes (pHash, dHash via imagehash) and the pHashes of the 8 flips/rotations, as uint64.
 
-The canonical form is the smallest hash over the 8 dihedral transforms (4 rotations x mirror) of the image, so a
-flipped or rotated copy gets the same canonical hash as its original. Plain pHash misses flips entirely
-(Hamming 28-36 between an image and its mirror, like unrelated images).
+Plain pHash misses flips entirely (Hamming 28-36 between an image and its mirror, like unrelated images). Flip- and
+rotation-invariant matching compares the 8 orientation hashes of one image with the upright hash of the other
+(`orientation search`). A single "canonical" hash (the minimum over the 8) was tried first and measured worse: a
+small edit can change which orientation gives the minimum, and the minimum makes smooth images collide
+(bench/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-CANONICAL_THUMB = 128
-"""The canonical forms hash a grayscale thumbnail of at most this side (8 transforms of it are cheap)."""
+ORIENTATION_THUMB = 128
+"""The orientation hashes are taken from a grayscale thumbnail of at most this side (8 transforms of it are cheap)."""
 
 _DIHEDRAL = [
     (),
@@ -42,22 +44,21 @@ def _dihedral(img: Image.Image) -> list[Image.Image]:
     return out
 
 
-def perceptual_hashes(rgb: Image.Image) -> dict[str, int]:
-    """pHash and dHash of an RGB image, plus their dihedral-canonical forms.
+def perceptual_hashes(rgb: Image.Image) -> dict:
+    """pHash and dHash of an RGB image, and the pHashes of its 8 orientations.
 
     Args:
         rgb: the normalised image (`curation.image_io.load_rgb`).
 
     Returns:
-        `{"phash", "dhash", "phash_canonical", "dhash_canonical"}` as unsigned 64-bit integers.
+        `{"phash", "dhash"}` as unsigned 64-bit integers and `"phash_orientations"`: 8 of them, upright first, then
+        rotations by 90/180/270 degrees, then the mirror image and its rotations.
     """
     gray = rgb.convert("L")
-    out = {"phash": hash_to_int(imagehash.phash(gray)), "dhash": hash_to_int(imagehash.dhash(gray))}
+    out: dict = {"phash": hash_to_int(imagehash.phash(gray)), "dhash": hash_to_int(imagehash.dhash(gray))}
     thumb = gray.copy()
-    thumb.thumbnail((CANONICAL_THUMB, CANONICAL_THUMB), Image.Resampling.BILINEAR)
-    variants = _dihedral(thumb)
-    out["phash_canonical"] = min(hash_to_int(imagehash.phash(v)) for v in variants)
-    out["dhash_canonical"] = min(hash_to_int(imagehash.dhash(v)) for v in variants)
+    thumb.thumbnail((ORIENTATION_THUMB, ORIENTATION_THUMB), Image.Resampling.BILINEAR)
+    out["phash_orientations"] = [hash_to_int(imagehash.phash(v)) for v in _dihedral(thumb)]
     return out
 
 

@@ -258,7 +258,7 @@ def _feature_signals(extractor, data: bytes) -> dict[str, Any]:
                     "height": pa.array([0], pa.int32()), "byte_size": [len(data)], "format": ["-"], "image": [data]})
     features = extractor.process_batch(row).to_pylist()[0]
     return {"phash": f"{features['phash']:016x}", "dhash": f"{features['dhash']:016x}",
-            "phash_canonical": f"{features['phash_canonical']:016x}",
+            "phash_orientations": [f"{h:016x}" for h in features["phash_orientations"]],
             "embedding_dim": len(features["embedding"]), "embedding_model": features["embedding_model"],
             "nsfw_score": round(float(features["nsfw_score"]), 5)}
 

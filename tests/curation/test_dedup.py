@@ -12,7 +12,7 @@ def cands(ids, phash, emb, pixels=None, sizes=None, uris=None) -> Candidates:
     n = len(ids)
     return Candidates(
         sample_ids=list(ids), source_uris=list(uris or [f"u/{i}" for i in ids]),
-        phash=np.array(phash, dtype=np.uint64), dhash=np.array(phash, dtype=np.uint64),
+        orientations=np.repeat(np.array(phash, dtype=np.uint64)[:, None], 8, axis=1),
         embeddings=l2_normalise(np.array(emb, dtype=np.float32)),
         pixels=np.array(pixels or [100] * n, dtype=np.int64), byte_size=np.array(sizes or [10] * n, dtype=np.int64))
 
@@ -90,3 +90,16 @@ def test_cosine_pairs_flat_and_ivf_agree():
     assert set(zip(flat[0].tolist(), flat[1].tolist(), strict=True)) == set(zip(ivf[0].tolist(), ivf[1].tolist(),
                                                                                  strict=True))
     assert {(i, i) for i in range(50)} <= set(zip(flat[0].tolist(), flat[1].tolist(), strict=True))
+
+
+def test_orientation_pairs_take_the_best_orientation_and_dedupe():
+    from curation.dedup import orientation_pairs
+
+    far = 0x00FF00FF00FF00FF
+    q = np.array([[0, far, far, far, far, far, far, far],      # image 0 upright = 0
+                  [far ^ 1, far, far, 1, far, far, far, far],  # image 1: its 4th orientation is 1 bit from 0
+                  [0x0F0F0F0F0F0F0F0F] * 8], dtype=np.uint64)  # image 2: far from both in every orientation
+    i, j, d = orientation_pairs(q, 2)
+    assert list(zip(i.tolist(), j.tolist(), d.tolist(), strict=True)) == [(0, 1, 1)]
+    i, j, d = orientation_pairs(q[1:2], 2, np.array([0, far], dtype=np.uint64))
+    assert sorted(zip(i.tolist(), j.tolist(), d.tolist(), strict=True)) == [(0, 0, 1), (0, 1, 0)]
