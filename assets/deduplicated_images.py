@@ -41,7 +41,9 @@ class DeduplicatedImagesConfig(dg.Config):
     """Duplicate thresholds (defaults measured in bench/dedup_eval.py)."""
 
     phash_threshold: int = Field(default=DedupConfig.phash_threshold,
-                                 description="Max pHash Hamming distance, best orientation (-1 disables).")
+                                 description="Max upright pHash Hamming distance (-1 disables).")
+    rotated_threshold: int = Field(default=DedupConfig.rotated_threshold,
+                                   description="Max distance of a flipped/rotated pHash to an upright one.")
     semantic_threshold: float = Field(default=DedupConfig.semantic_threshold,
                                       description="Min cosine similarity of embeddings (> 1 disables).")
     exact_search_max: int = Field(default=DedupConfig.exact_search_max,
@@ -50,7 +52,7 @@ class DeduplicatedImagesConfig(dg.Config):
 
     def to_dedup_config(self) -> DedupConfig:
         """The one conversion from Dagster config to the pure config."""
-        return DedupConfig(phash_threshold=self.phash_threshold,
+        return DedupConfig(phash_threshold=self.phash_threshold, rotated_threshold=self.rotated_threshold,
                            semantic_threshold=self.semantic_threshold, exact_search_max=self.exact_search_max,
                            ivf_nprobe=self.ivf_nprobe)
 
@@ -128,7 +130,8 @@ def verify(store: TableStore, config: DedupConfig, increment: int | None, new_ro
                                        metadata={"kept": len(ids), "distinct": len(set(ids))}))
     pairs = 0
     if config.phash_threshold >= 0 and kept.num_rows:
-        i, _, _ = orientation_pairs(orientation_matrix(kept), config.phash_threshold)
+        i, _, _ = orientation_pairs(orientation_matrix(kept), config.phash_threshold,
+                                    rotated_threshold=config.rotated_threshold)
         pairs = len(i)
     results.append(dg.AssetCheckResult(check_name="no_perceptual_pairs_kept", passed=pairs == 0,
                                        metadata={"pairs_within_threshold": pairs}))

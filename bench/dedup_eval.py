@@ -276,10 +276,16 @@ def build_pairs(v: Variants) -> tuple[Pairs, Pairs, int]:
 
     # the orientation search a canonical form is meant to stand for: best alignment of either image's 8
     # dihedral hashes with the other's upright hash, so no min-selection can pick inconsistent orientations
-    search = np.full((n, n), 64, dtype=np.int8)
-    for k in range(8):
+    # the pipeline's rule (`curation.dedup.orientation_pairs`): upright against upright within the threshold, or a
+    # flipped/rotated hash of either image against the other's upright one within `DedupConfig.rotated_threshold`
+    from curation.dedup import DedupConfig
+
+    rotated = np.full((n, n), 64, dtype=np.int8)
+    for k in range(1, 8):
         m = hamming(v.phash_dihedral[:, k], v.phash_dihedral[:, 0])
-        search = np.minimum(search, np.minimum(m, m.T))
+        rotated = np.minimum(rotated, np.minimum(m, m.T))
+    upright = hamming(v.phash_dihedral[:, 0], v.phash_dihedral[:, 0])
+    search = np.minimum(upright, np.where(rotated <= DedupConfig.rotated_threshold, rotated, 64)).astype(np.int8)
     dist = {"canonical": hamming(v.phash), "plain": hamming(v.phash_plain), "search": search}
     dh = hamming(v.dhash)
     cos = v.embeddings @ v.embeddings.T

@@ -75,7 +75,8 @@ def ai_detection(shared: Path) -> None:
     print("### AI-generated detection (all signals but the learned probe, shipped defaults)\n")
     print("| set | images | flagged AI | rate |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| AI-generated (ai_dev/ai) | {found['ai'][1]} | {found['ai'][0]} | {found['ai'][0] / found['ai'][1]:.2f} |")
+    ai_seen, ai_total = found["ai"]
+    print(f"| AI-generated (ai_dev/ai) | {ai_total} | {ai_seen} | {ai_seen / ai_total:.2f} |")
     print(f"| real (ai_dev/real + corpus_dev) | {found['real'][1]} | {found['real'][0]} | "
           f"{found['real'][0] / found['real'][1]:.2f} |")
     print(f"\nerrors: {misses or 'none'}\n")

@@ -25,8 +25,10 @@ class DedupConfig:
     """Thresholds of the three duplicate tests (defaults chosen by `bench/dedup_eval.py`, see BENCHMARKS.md)."""
 
     phash_threshold: int = 8
-    """Largest pHash Hamming distance (best of one image's 8 orientations against the other upright) that makes a
-    perceptual duplicate (-1 disables)."""
+    """Largest pHash Hamming distance between the upright images that makes a perceptual duplicate (-1 disables)."""
+    rotated_threshold: int = 4
+    """Largest distance between one image's flipped/rotated pHash and the other's upright one. Tighter than the
+    upright bound: 7 extra orientations give 7 extra chances to collide, and true flips/rotations match at 0-2."""
     semantic_threshold: float = 0.91
     """Smallest cosine similarity of embeddings that makes a semantic duplicate (> 1 disables)."""
     exact_search_max: int = 20_000
@@ -76,22 +78,28 @@ class UnionFind:
         self.size[ra] += self.size[rb]
 
 
-def orientation_pairs(queries: np.ndarray, threshold: int,
-                      base_upright: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs whose pHashes are within `threshold` bits in the best orientation.
+def orientation_pairs(queries: np.ndarray, threshold: int, base_upright: np.ndarray | None = None,
+                      rotated_threshold: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs whose pHashes match upright within `threshold` bits, or flipped/rotated within `rotated_threshold`.
 
     Args:
-        queries: (n, 8) orientation hashes of the images being checked.
-        threshold: largest distance reported.
+        queries: (n, 8) orientation hashes of the images being checked (upright first).
+        threshold: largest upright-to-upright distance reported.
         base_upright: (m,) upright hashes to check against; None for a self-join of the queries (then i < j).
+        rotated_threshold: largest distance of a flipped/rotated query hash to an upright one (default: threshold).
 
     Returns:
-        (i, j, distance) with the smallest distance over the 8 orientations of row i against upright j (and, in a
-        self-join, of either row against the other).
+        (i, j, distance), one row per pair with its smallest qualifying distance.
     """
     base = queries[:, 0] if base_upright is None else base_upright
-    qi, j, d = hamming_pairs(np.ascontiguousarray(queries.reshape(-1)), threshold, base)
-    i = qi // 8
+    rotated_threshold = threshold if rotated_threshold is None else rotated_threshold
+    ui, uj, ud = hamming_pairs(np.ascontiguousarray(queries[:, 0]), threshold,
+                               None if base_upright is None else base_upright)
+    ri, rj, rd = (hamming_pairs(np.ascontiguousarray(queries[:, 1:].reshape(-1)), rotated_threshold, base)
+                  if rotated_threshold >= 0 else (np.empty(0, np.int64),) * 3)
+    i = np.concatenate([ui, ri // 7])
+    j = np.concatenate([uj, rj])
+    d = np.concatenate([ud, rd])
     if base_upright is None:
         keep = i != j
         i, j, d = np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep]), d[keep]
@@ -240,7 +248,7 @@ def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None
         targets = [(None, 0)] + ([(curated, n)] if m else [])
         for base, offset in targets:
             i, j, d = orientation_pairs(new.orientations, config.phash_threshold,
-                                        None if base is None else base.orientations[:, 0])
+                                        None if base is None else base.orientations[:, 0], config.rotated_threshold)
             link(i, j, d.astype(float), PERCEPTUAL, float(config.phash_threshold), offset)
 
     # semantic: cosine of embeddings (SemDeDup); flat when small, IVF clusters when large

@@ -60,7 +60,7 @@ def test_representative_prefers_resolution_then_bytes_then_earliest():
 
 
 def test_incremental_against_curated_keeps_the_curated_representative():
-    config = DedupConfig(phash_threshold=2, semantic_threshold=0.99)
+    config = DedupConfig(phash_threshold=2, rotated_threshold=2, semantic_threshold=0.99)
     far = 0x00FF00FF00FF00FF  # 32 bits from 0
     curated = cands(["old1", "old2"], [0, far], [basis(0), basis(1)], pixels=[10, 10])
     new = cands(["old1", "n1", "n2", "n3"], [0, 1, far ^ 0b1, 0xF00000], [basis(0), basis(4), basis(5), basis(1)],
