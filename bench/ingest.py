@@ -22,7 +22,6 @@ import platform
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from measure import PeakRss  # noqa: E402
 
 
 def build_drop(source: Path, copies: int, out: Path) -> list[Path]:
@@ -70,35 +71,6 @@ def bound_pool(files: list[Path], procs: int) -> float:
         return len(files) / (time.perf_counter() - start)
 
 
-class PeakRss:
-    """Peak resident memory of this process and all its descendants (Ray workers included)."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            time.sleep(0.1)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def pipeline(drop: Path, storage: Path) -> tuple[float, int, float]:
     """One materialization of the drop into a fresh storage root: (images/s, kept, peak RSS GiB)."""
     import dagster as dg
@@ -114,7 +86,7 @@ def pipeline(drop: Path, storage: Path) -> tuple[float, int, float]:
     TableStore(str(storage)).register_source(key, canonical_uri(str(drop)))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(source_drops.name, [key])
-        with PeakRss() as rss:
+        with PeakRss(tree=True, interval=0.1) as rss:
             start = time.perf_counter()
             result = dg.materialize([source_images], partition_key=key, instance=instance,
                                     resources=build_resources(storage_root=str(storage)),

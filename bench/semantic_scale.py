@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,31 +22,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import PeakRss  # noqa: E402
+
 from curation.dedup import DedupConfig, cosine_pairs  # noqa: E402
 from curation.embedding import l2_normalise  # noqa: E402
-
-
-class PeakRss:
-    """Peak RSS of this process, sampled every 50 ms."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        proc = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, proc.memory_info().rss)
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _with_cosine(seed: np.ndarray, cosine: np.ndarray, rng: np.random.Generator) -> np.ndarray:
