@@ -67,3 +67,43 @@ def test_map_stage_runs_setup_once_per_actor_without_deadlock(ray_session):
     out = map_stage(ds, _Doubler()).to_arrow_refs()
     values = sorted(v for ref in out for v in ray.get(ref).column("x").to_pylist())
     assert values == [2 * i for i in range(40)]
+
+
+def _dies_once(task):
+    marker, value = task
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)  # the worker process dies mid-task, as when a node is lost or the OOM killer strikes
+    return value + 100
+
+
+def test_a_killed_worker_is_retried_without_losing_or_duplicating_results(ray_session, tmp_path):
+    tasks = [(str(tmp_path / f"k{i}"), i) for i in range(3)]
+    assert sorted(run_units(_dies_once, tasks, num_cpus=1.0, max_retries=2)) == [100, 101, 102]
+
+
+class _Counter:
+    name = "counter"
+    resources = StageResources(num_cpus=0.5, batch_size=1)
+
+    def setup(self) -> None:
+        self.loaded = True
+
+    def process_batch(self, table: pa.Table) -> pa.Table:
+        return table
+
+
+def _actor_dies_once(stage, task):
+    marker, value = task
+    assert stage.loaded
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)  # the actor dies; Ray restarts it (setup runs again) and retries the task
+    return value * 10
+
+
+def test_a_killed_actor_is_restarted_and_its_task_retried(ray_session, tmp_path):
+    from orchestration.ray_adapter import run_units_on_actors
+
+    tasks = [(str(tmp_path / f"a{i}"), i) for i in range(4)]
+    assert sorted(run_units_on_actors(_Counter(), _actor_dies_once, tasks)) == [0, 10, 20, 30]
