@@ -33,6 +33,9 @@ class ExclusionSignalsConfig(dg.Config):
     check_c2pa: bool = Field(default=True, description="Read C2PA manifests.")
     check_watermark: bool = Field(default=True, description="Decode the SDXL invisible watermark.")
     drop_artifacts: bool = Field(default=True, description="Drop images with artifacts.")
+    check_small_text: bool = Field(default=True, description="Detect text illegible at a stage (OCR detector).")
+    max_small_text: float = Field(default=QualityConfig.max_small_text,
+                                  description="Share of illegible text above which a stage is too complex.")
     stages: list[int] = Field(default=list(QualityConfig.stages), description="Curriculum stage sizes.")
     max_aspect: float = Field(default=QualityConfig.max_aspect, description="Extreme aspect ratio bound.")
     max_border_fraction: float = Field(default=QualityConfig.max_border_fraction, description="Border bound.")
@@ -46,10 +49,10 @@ class ExclusionSignalsConfig(dg.Config):
         """The one conversion from Dagster config to the pure config."""
         return ExclusionConfig(
             nsfw_threshold=self.nsfw_threshold, check_c2pa=self.check_c2pa, check_watermark=self.check_watermark,
-            drop_artifacts=self.drop_artifacts,
+            drop_artifacts=self.drop_artifacts, check_small_text=self.check_small_text,
             quality=QualityConfig(stages=tuple(self.stages), max_aspect=self.max_aspect,
                                   max_border_fraction=self.max_border_fraction, max_blockiness=self.max_blockiness,
-                                  min_blocking_excess=self.min_blocking_excess,
+                                  min_blocking_excess=self.min_blocking_excess, max_small_text=self.max_small_text,
                                   max_detail_loss=self.max_detail_loss))
 
 

@@ -151,6 +151,32 @@ def artifact_thresholds(shared: Path) -> None:
               f"{np.median(fractions):.3f} |")
 
 
+def small_text(shared: Path) -> None:
+    from curation.text_density import small_text_fraction, text_lines
+
+    config = QualityConfig()
+    sets = {
+        "photos (corpus_dev + ai_dev/real)": [*_images(shared / "corpus_dev" / "images"),
+                                              *_images(shared / "ai_dev" / "real")],
+        "receipt photos (ocr_dev)": _images(shared / "ocr_dev" / "receipts_wildreceipt"),
+    }
+    print(f"\n### Text illegible at a stage (rule: small_text_<stage> > {config.max_small_text})\n")
+    print("| set | images | max small_text_256 | median | ineligible at 256 | ineligible at 512 | detector ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, paths in sets.items():
+        values, values512, costs = [], [], []
+        for path in paths:
+            rgb = load_rgb(path.read_bytes())
+            t = time.perf_counter()
+            lines = text_lines(rgb)
+            costs.append(time.perf_counter() - t)
+            values.append(small_text_fraction(lines, rgb.width, rgb.height, 256))
+            values512.append(small_text_fraction(lines, rgb.width, rgb.height, 512))
+        v, v5 = np.array(values), np.array(values512)
+        print(f"| {name} | {len(v)} | {v.max():.4f} | {np.median(v):.4f} | {(v > config.max_small_text).sum()} | "
+              f"{(v5 > config.max_small_text).sum()} | {1000 * np.mean(costs):.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
@@ -158,6 +184,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}\n")
     ai_detection(args.shared)
     artifact_thresholds(args.shared)
+    small_text(args.shared)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from curation.text_density import small_text_fraction
+
 ANALYSIS_SIDE = 1024
 """Measures run on a copy whose longer side is at most this (stage sizes are <= 1024)."""
 
@@ -35,6 +37,9 @@ class QualityConfig:
     even at JPEG q85 because its interior steps are tiny; the absolute excess is not)."""
     max_detail_loss: float = 0.35
     """Fraction of the image's variance lost at a stage's size above which it is too complex for that stage."""
+    max_small_text: float = 0.05
+    """Share of the image covered by text lines illegible at a stage's size above which it is too complex for that
+    stage (photos with labels measure <= 0.005, a dense receipt 0.16 at 256 px: bench/exclusion_eval.py)."""
 
 
 def _gray(img: Image.Image) -> np.ndarray:
@@ -115,15 +120,18 @@ def detail_loss(gray: np.ndarray, side: int) -> float:
     return float(np.mean((gray - round_trip) ** 2) / variance)
 
 
-def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig()) -> dict:
+def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig(),
+                    text_lines: np.ndarray | None = None) -> dict:
     """Every artifact measure and the per-stage eligibility of one image.
 
     Args:
         rgb: the normalised image at its native resolution.
         config: thresholds.
+        text_lines: detected text lines (`curation.text_density.text_lines`); None skips the small-text measure.
 
     Returns:
-        `aspect_ratio`, `border_fraction`, `blockiness`, `detail_loss_<stage>`, `eligible_<stage>` and
+        `aspect_ratio`, `border_fraction`, `blockiness`, `detail_loss_<stage>`, `small_text_<stage>` (None when not
+        measured), `eligible_<stage>` and
         `artifacts` (the list of artifact reasons: `border`, `extreme_aspect`, `too_small_for_<first stage>`,
         `blocking`).
     """
@@ -140,8 +148,11 @@ def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig()) -
     for stage in config.stages:
         loss = detail_loss(gray, stage)
         out[f"detail_loss_{stage}"] = loss
+        small_text = None if text_lines is None else small_text_fraction(text_lines, w, h, stage)
+        out[f"small_text_{stage}"] = small_text
         big_enough = side >= config.min_scale * stage
-        simple_enough = stage == max(config.stages) or loss <= config.max_detail_loss
+        simple_enough = stage == max(config.stages) or (
+            loss <= config.max_detail_loss and (small_text is None or small_text <= config.max_small_text))
         out[f"eligible_{stage}"] = bool(big_enough and simple_enough)
     artifacts = []
     if out["border_fraction"] > config.max_border_fraction:

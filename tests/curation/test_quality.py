@@ -82,3 +82,38 @@ def test_soft_image_at_high_jpeg_quality_is_not_blocky():
     soft.save(buf, "JPEG", quality=85)
     q = quality_signals(Image.open(buf).convert("RGB"))
     assert "blocking" not in q["artifacts"], (q["blockiness"], q["blocking_excess"])
+
+
+def _dense_receipt(width: int = 1600, height: int = 1200) -> Image.Image:
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, height), (245, 245, 240))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=22)
+    for row in range(38):
+        draw.text((40, 20 + 30 * row), f"ITEM {row:02d}  ORGANIC OAT MILK 1L ........ 2.49 EUR  x{row % 3 + 1}",
+                  fill=(20, 20, 20), font=font)
+    return img
+
+
+def test_dense_small_text_is_too_complex_for_256_but_not_for_512():
+    from curation.text_density import text_lines
+
+    receipt = _dense_receipt()
+    lines = text_lines(receipt)
+    assert len(lines) >= 20
+    q = quality_signals(receipt, QualityConfig(), lines)
+    assert q["small_text_256"] > QualityConfig().max_small_text
+    assert not q["eligible_256"] and q["eligible_512"] and q["eligible_1024"]
+
+
+def test_large_text_and_photos_stay_eligible_at_256():
+    from curation.text_density import text_lines
+
+    poster = Image.new("RGB", (768, 512), (15, 30, 80))
+    from PIL import ImageDraw, ImageFont
+
+    ImageDraw.Draw(poster).text((40, 200), "OPEN 24 HOURS", fill=(255, 255, 255), font=ImageFont.load_default(size=72))
+    for img in (poster, photo()):
+        q = quality_signals(img, QualityConfig(), text_lines(img))
+        assert q["eligible_256"] and q["small_text_256"] <= 0.005
