@@ -204,9 +204,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"curate demo: {len(sources)} source drops from {EXAMPLE_CORPUS} -> {args.storage}")
     summaries = run_pipeline(sources, args.storage, config)
     print_summary(summaries)
-    kept = sum(s["metadata"].get("kept", 0) for s in summaries if "metadata" in s and s["asset"] == "source_images")
+    def dropped(asset: str) -> int:
+        return sum(int(s["metadata"].get("dropped") or 0) for s in summaries
+                   if "metadata" in s and s["asset"] == asset)
+
     total = sum(s["metadata"].get("total", 0) for s in summaries if "metadata" in s and s["asset"] == "source_images")
-    print(f"\n{total} inputs, {kept} kept, {total - kept} recorded in the decisions ledger with a reason.")
+    curated = next((s["metadata"].get("curated_total") for s in summaries
+                    if "metadata" in s and s["asset"] == "deduplicated_images"), None)
+    print(f"\n{total} inputs: {dropped('source_images')} refused at ingest, {dropped('exclusion_signals')} "
+          f"excluded by the filters, {dropped('deduplicated_images')} removed as duplicates (this run), "
+          f"{curated if curated is not None else '?'} curated in all; every removal is in the decisions ledger.")
     print(f"Explore: curate lineage <sample_id or path> --storage {args.storage}   |   "
           f"curate ui --storage {args.storage}")
     return 0 if all(s.get("passed", True) for s in summaries) else 1

@@ -105,9 +105,11 @@ def test_demo_accounts_for_the_whole_sample_corpus(ray_session, tmp_path, capsys
     assert "[dedup] drop perceptual_duplicate" in text and "photos/dog__04.jpg" in text
     assert cli.main(["lineage", str(REPO / "examples/corpus/photos/dog__04.jpg"), "--storage", storage]) == 0
     assert "duplicates removed in favour of this sample: 1" in capsys.readouterr().out
-    summary = next(line for line in out.splitlines() if line.endswith("with a reason."))
-    total, kept = int(summary.split()[0]), int(summary.split()[2])
-    assert total >= 80 and 0 < kept < total
+    summary = next(line for line in out.splitlines() if line.endswith("in the decisions ledger."))
+    import re
+
+    total, refused, excluded, duplicates, curated = (int(n) for n in re.findall(r"\d+", summary))
+    assert total >= 80 and 0 < curated < total and refused > 0 and duplicates > 0 and excluded >= 0
 
 
 def _free_port() -> int:
