@@ -15,7 +15,7 @@ from curation.embedding import EmbeddingConfig
 from curation.features import FEATURES_CODE_VERSION, PASS_THROUGH, FeatureConfig, FeatureExtractor
 from curation.stage import StageResources
 from orchestration.ray_adapter import Throughput, run_units_on_actors
-from orchestration.resources import AtelierRay, StorageResource
+from orchestration.resources import AtelierRay, ModelSettings, StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "image_features"
@@ -28,17 +28,18 @@ class ImageFeaturesConfig(dg.Config):
     open_clip_model: str = Field(default="ViT-L-14", description="open_clip architecture (open_clip backend).")
     open_clip_pretrained: str | None = Field(
         default=None, description="Local checkpoint path, or a tag present in the local Hugging Face cache.")
-    device: str = Field(default="cpu", description="'cpu' or 'cuda' (open_clip backend).")
+    device: str = Field(default="auto", description="'auto' (the models resource decides), 'cpu' or 'cuda'.")
     batch_size: int = Field(default=32, description="Images per forward pass.")
     num_cpus_per_actor: float = Field(default=1.0, description="CPUs per Ray actor (one model per actor).")
     num_gpus_per_actor: float = Field(default=0.0, description="GPUs per Ray actor (declared, never probed).")
 
-    def to_feature_config(self) -> FeatureConfig:
-        """The one conversion from Dagster config to the pure config."""
+    def to_feature_config(self, models: ModelSettings) -> FeatureConfig:
+        """The one conversion from Dagster config (and the model settings) to the pure config."""
         threads = max(1, int(self.num_cpus_per_actor))
         return FeatureConfig(
             embedding=EmbeddingConfig(backend=self.embedding_backend, model=self.open_clip_model,
-                                      pretrained=self.open_clip_pretrained, device=self.device,
+                                      pretrained=models.resolve(self.open_clip_pretrained),
+                                      device=models.device_for(self.device, self.num_gpus_per_actor),
                                       batch_size=self.batch_size, threads=threads),
             resources=StageResources(num_cpus=self.num_cpus_per_actor, num_gpus=self.num_gpus_per_actor,
                                      batch_size=self.batch_size),
@@ -83,11 +84,11 @@ def features_for_part(stage: FeatureExtractor, task: tuple) -> dict:
                                    description="one features row per source_images row, same sample ids")],
 )
 def image_features(context: dg.AssetExecutionContext, config: ImageFeaturesConfig, storage: StorageResource,
-                   ray_cluster: AtelierRay) -> dg.MaterializeResult:
+                   ray_cluster: AtelierRay, models: ModelSettings) -> dg.MaterializeResult:
     """pHash/dHash (+ the pHash of each of 8 orientations), an L2-normalised float16 embedding and the NSFW score."""
     partition = context.partition_key
     store: TableStore = storage.store()
-    feature_config = config.to_feature_config()
+    feature_config = config.to_feature_config(models)
     chash = _config_hash(feature_config)
     inputs = store.list_parts(store.dir("source_images", partition))
     if not inputs:

@@ -72,8 +72,18 @@ class ModelSettings(dg.ConfigurableResource):
         default_factory=lambda: os.environ.get("ATELIER_WEIGHTS_DIR"),
         description="Root of local production weights (open_clip, VLM, PaddleOCR dirs). None: the embedded defaults.",
     )
-    device: str = Field(default="auto", description="'auto' (GPU actors when the cluster has GPUs), 'cpu' or 'cuda'.")
+    device: str = Field(default="auto", description="'auto' (CUDA for actors that declare GPUs), 'cpu' or 'cuda'.")
 
-    def offline_env(self) -> dict[str, str]:
-        """Environment that keeps Hugging Face and friends from reaching a hub."""
-        return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    def resolve(self, path: str | None) -> str | None:
+        """A weights path as given, or under `weights_dir` when relative (a cache tag without a slash is kept)."""
+        if not path or os.path.isabs(path) or "://" in path or not self.weights_dir or "/" not in path and not \
+                os.path.exists(os.path.join(self.weights_dir, path)):
+            return path
+        return os.path.join(self.weights_dir, path)
+
+    def device_for(self, requested: str, num_gpus: float) -> str:
+        """The device a stage runs on: an explicit choice wins, 'auto' follows the GPUs its actors declare."""
+        choice = self.device if requested == "auto" else requested
+        if choice == "auto":
+            return "cuda" if num_gpus > 0 else "cpu"
+        return choice

@@ -31,3 +31,16 @@ def test_dagster_validates_the_code_location():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "passed validation" in proc.stdout + proc.stderr
+
+
+def test_model_settings_resolve_local_weights_and_devices(tmp_path):
+    from orchestration.resources import ModelSettings
+
+    (tmp_path / "clip").mkdir()
+    models = ModelSettings(weights_dir=str(tmp_path), device="auto")
+    assert models.resolve("clip/vit-l-14.pt") == str(tmp_path / "clip/vit-l-14.pt")
+    assert models.resolve("/abs/w.pt") == "/abs/w.pt" and models.resolve(None) is None
+    assert models.resolve("laion2b_s34b_b79k") == "laion2b_s34b_b79k"  # a cache tag stays a tag
+    assert models.device_for("auto", 1.0) == "cuda" and models.device_for("auto", 0.0) == "cpu"
+    assert models.device_for("cpu", 1.0) == "cpu"
+    assert ModelSettings(device="cpu").device_for("auto", 1.0) == "cpu"
