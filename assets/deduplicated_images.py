@@ -62,6 +62,24 @@ def _config_hash(config: DedupConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+# ingest notes that mean the stored pixels needed converting (the original of a duplicate pair rarely does)
+_CONVERSIONS = ("cmyk_", "high_bit_depth", "palette_", "alpha_", "mode_", "animated_", "extension_mismatch")
+
+
+def _provenance(store: TableStore, partitions: list[str], uris: list[str]) -> np.ndarray:
+    """Per row: 2 for a named licence, +1 when ingest did not have to convert the pixels."""
+    columns = ["source_uri", "licence", "notes"]
+    info = pa.concat_tables([store.read_table(store.dir("source_images", p), columns=columns)
+                             for p in partitions]).to_pylist()
+    by_uri = {r["source_uri"]: r for r in info}
+    score = []
+    for uri in uris:
+        row = by_uri.get(uri) or {}
+        converted = any(note.startswith(_CONVERSIONS) for note in row.get("notes") or [])
+        score.append(2 * bool(row.get("licence")) + (not converted))
+    return np.asarray(score, dtype=np.int64)
+
+
 def _candidates(table: pa.Table, embeddings: np.ndarray) -> Candidates:
     return Candidates(
         sample_ids=table.column("sample_id").to_pylist(),
@@ -187,7 +205,9 @@ def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedI
         curated_ids = curated.column("sample_id").to_pylist() if curated.num_rows else []
         index, how = _load_index(store, directory, curated, dedup_config.exact_search_max)
         curated_cands = _candidates(curated, np.empty((0, 0), np.float32)) if curated.num_rows else None
-        result = deduplicate(_candidates(new, embedding_matrix(new)), dedup_config, curated_cands, index)
+        candidates = _candidates(new, embedding_matrix(new))
+        candidates.provenance = _provenance(store, new_partitions, candidates.source_uris)
+        result = deduplicate(candidates, dedup_config, curated_cands, index)
         kept = new.filter(pa.array(result.keep))
         kept = kept.append_column("increment", pa.array([increment] * kept.num_rows, pa.int32()))
         drops = {}

@@ -47,6 +47,7 @@ class Candidates:
     embeddings: np.ndarray  # float32 (n, d), L2-normalised
     pixels: np.ndarray  # width * height
     byte_size: np.ndarray
+    provenance: np.ndarray | None = None  # higher is better: a named licence, stored pixels used as they are
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -187,10 +188,11 @@ class DedupResult:
 
 
 def _rank(c: Candidates, order_offset: int = 0) -> np.ndarray:
-    """Representative preference, higher is better: resolution, then bytes (the original over re-encodes), then
-    earliest (lower index)."""
+    """Representative preference, higher is better: resolution, then provenance (a licence; no CMYK/16-bit/palette
+    conversion needed), then bytes (the original over re-encodes), then earliest (lower index)."""
     n = len(c)
-    return np.lexsort((-np.arange(n) - order_offset, c.byte_size, c.pixels))  # ascending: last is best
+    provenance = c.provenance if c.provenance is not None else np.zeros(n, dtype=np.int64)
+    return np.lexsort((-np.arange(n) - order_offset, c.byte_size, provenance, c.pixels))  # ascending: last is best
 
 
 def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None = None,

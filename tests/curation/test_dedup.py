@@ -103,3 +103,11 @@ def test_orientation_pairs_take_the_best_orientation_and_dedupe():
     assert list(zip(i.tolist(), j.tolist(), d.tolist(), strict=True)) == [(0, 1, 1)]
     i, j, d = orientation_pairs(q[1:2], 2, np.array([0, far], dtype=np.uint64))
     assert sorted(zip(i.tolist(), j.tolist(), d.tolist(), strict=True)) == [(0, 0, 1), (0, 1, 0)]
+
+
+def test_provenance_breaks_ties_before_bytes():
+    config = DedupConfig(phash_threshold=0, semantic_threshold=2.0)
+    c = cands(["cmyk", "rgb"], [5, 5], [basis(0), basis(1)], pixels=[10, 10], sizes=[900, 500])
+    assert deduplicate(c, config).keep.tolist() == [True, False]  # bytes decide without provenance
+    c.provenance = np.array([0, 1])  # the CMYK copy needed converting, the RGB one did not
+    assert deduplicate(c, config).keep.tolist() == [False, True]
