@@ -6,16 +6,13 @@ image must go, one ledger decision naming the reason (the other reasons ride alo
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from PIL import Image
 
 from curation.ai_metadata import metadata_signals, stealth_signals
 from curation.decisions import Decision
-from curation.image_io import load_rgb
+from curation.image_io import ProbeLimits, probe_image
 from curation.provenance import c2pa_signals, sdxl_watermark
 from curation.quality import QualityConfig, quality_signals
 from curation.text_density import text_lines
@@ -116,14 +113,10 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
             errors = [e for e in c2pa.get("validation_errors") or [] if e != "signingCredential.untrusted"]
             valid = not errors and str(c2pa.get("validation_state") or "").lower() in ("valid", "trusted")
             signals.append(("c2pa:" if valid else "c2pa_invalid:") + ",".join(c2pa.get("digital_source_types", [])))
-    if config.check_stealth:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as original:
-                original.seek(0)
-                if original.mode in ("RGBA", "RGB"):
-                    signals += stealth_signals(original.copy())
-    rgb = load_rgb(data)
+    facts = probe_image(data, ProbeLimits(min_side=1))  # one decode serves the raw-pixel and the RGB checks
+    rgb = facts.rgb
+    if config.check_stealth and facts.decoded is not None and facts.decoded.mode in ("RGBA", "RGB"):
+        signals += stealth_signals(facts.decoded)
     if config.check_watermark:
         mark = sdxl_watermark(rgb)
         row["watermark_bit_accuracy"] = mark.get("bit_accuracy")

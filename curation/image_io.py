@@ -127,6 +127,8 @@ class ImageFacts:
     metadata: dict | None = None
     """Embedded metadata (`curation.metadata.extract_metadata`), when asked for."""
     rgb: Image.Image | None = field(default=None, repr=False)
+    decoded: Image.Image | None = field(default=None, repr=False)
+    """The first frame as stored (original mode, no orientation applied), for checks of the raw pixels."""
     """The first frame normalised to 8-bit RGB, as every later stage sees it."""
 
 
@@ -209,6 +211,7 @@ def probe_image(data: bytes, limits: ProbeLimits = ProbeLimits(), with_metadata:
         notes=notes,
         metadata=metadata,
         rgb=rgb,
+        decoded=img,
     )
     if min(facts.width, facts.height) < limits.min_side:
         message = f"{facts.width}x{facts.height} is below the {limits.min_side} px minimum"
