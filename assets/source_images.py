@@ -11,7 +11,9 @@ from pydantic import Field
 from curation.decisions import StageCounts, decisions_table
 from curation.image_io import ProbeLimits
 from curation.ingest import INGEST_CODE_VERSION, ROW_GROUP_SIZE, IngestConfig, ingest_unit
+from curation.opt_out import OptOutList
 from curation.sources import ReadLimits, WorkUnit, plan_units
+from orchestration.opt_outs import load_opt_outs
 from orchestration.ray_adapter import Throughput, run_units
 from orchestration.resources import AtelierRay, StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
@@ -48,10 +50,10 @@ def config_hash(config: IngestConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def ingest_and_write(task: tuple[TableStore, str, WorkUnit, IngestConfig, str, str]) -> dict:
+def ingest_and_write(task: tuple[TableStore, str, WorkUnit, IngestConfig, str, str, OptOutList]) -> dict:
     """Ray task body: ingest one unit, write its ledger part, then its data part (the completion marker)."""
-    store, partition, unit, config, run_id, chash = task
-    result = ingest_unit(unit, partition, config)
+    store, partition, unit, config, run_id, chash, opt_outs = task
+    result = ingest_unit(unit, partition, config, opt_outs)
     summary = {"unit": unit.index, "fingerprint": unit.fingerprint, "config_hash": chash, "run_id": run_id,
                "counts": result.counts.to_dict()}
     ledger = decisions_table(result.decisions, run_id, INGEST_CODE_VERSION)
@@ -121,7 +123,8 @@ def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig,
 
     clock = Throughput()
     run_id = context.run.run_id
-    tasks = [(store, partition, unit, ingest_config, run_id, chash) for unit in todo]
+    opt_outs = load_opt_outs(store)  # new inputs honour it here; curated ones at rebalanced_images and the shards
+    tasks = [(store, partition, unit, ingest_config, run_id, chash, opt_outs) for unit in todo]
     fresh = StageCounts()
     for summary in run_units(ingest_and_write, tasks, num_cpus=1.0,
                              progress=lambda d, t: context.log.debug(f"ingest: {d}/{t} units")):

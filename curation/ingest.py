@@ -16,6 +16,7 @@ import pyarrow as pa
 from curation.ai_metadata import metadata_signals
 from curation.decisions import Decision, StageCounts
 from curation.image_io import ImageRejected, ProbeLimits, extension_matches, probe_image
+from curation.opt_out import OptOutList, opt_out_decision
 from curation.schema import SOURCE_IMAGES_SCHEMA
 from curation.sources import RawItem, ReadLimits, WorkUnit, licence_of, read_unit
 
@@ -106,13 +107,14 @@ def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[
     return row, decisions
 
 
-def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig) -> UnitResult:
+def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig, opt_outs: OptOutList | None = None) -> UnitResult:
     """Read and ingest every input of one work unit.
 
     Args:
         unit: from `plan_units`.
         source: the partition key of the drop.
         config: ingest settings.
+        opt_outs: requests to honour: a covered input is dropped (`opted_out`, stage `opt_out`).
 
     Returns:
         The kept rows (schema `SOURCE_IMAGES_SCHEMA`), every decision, and counts that balance
@@ -130,6 +132,9 @@ def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig) -> UnitResult
             sample_id = sha256_hex(item.data) if item.data is not None else None
             row, item_decisions = None, [Decision(sample_id, item.source_uri, "ingest", "drop", "ingest_error",
                                                   details={"error": f"{type(exc).__name__}: {exc}"})]
+        if row is not None and opt_outs and (request := opt_outs.match(row["sample_id"], row["source_uri"],
+                                                                         row["metadata"])):
+            row, item_decisions = None, [opt_out_decision(row["sample_id"], row["source_uri"], request)]
         decisions.extend(item_decisions)
         for d in item_decisions:
             if d.decision == "drop":

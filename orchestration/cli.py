@@ -102,9 +102,6 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
         raise SystemExit(f"--select {select!r} matches no asset: {exc}") from exc
     if not selected:
         raise SystemExit(f"--select {select!r} matches no asset")
-    partitioned = [k for k in selected if graph.get(k).partitions_def == source_drops]
-    global_keys = [k for k in selected if graph.get(k).partitions_def is None]
-
     ray_cfg = config.get("ray", {})
     resources = build_resources(storage_root=storage, ray_num_cpus=ray_cfg.get("num_cpus"))
     def run_config_for(asset_keys) -> dict[str, Any]:
@@ -115,25 +112,7 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
 
     init_ray(ray_cfg.get("num_cpus"))  # one Ray for every run this command makes
     summaries: list[dict[str, Any]] = []
-    # global assets upstream of the partitioned ones (the probe) run first, the downstream ones (dedup) last
-    def has_partitioned_ancestor(key) -> bool:
-        stack, seen = list(graph.get(key).parent_keys), set()
-        while stack:
-            parent = stack.pop()
-            if parent in seen:
-                continue
-            seen.add(parent)
-            if graph.get(parent).partitions_def is not None:
-                return True
-            stack.extend(graph.get(parent).parent_keys)
-        return False
-
-    global_before = [k for k in global_keys if not has_partitioned_ancestor(k)]
-    global_after = [k for k in global_keys if k not in global_before]
-    runs = [(None, global_before)] if global_before else []
-    runs += [(key, partitioned) for key in keys if partitioned]
-    if global_after:
-        runs.append((None, global_after))
+    runs = plan_runs(graph, selected, keys)
     for partition, asset_keys in runs:
         result = dg.materialize(ALL_ASSETS, selection=asset_keys, partition_key=partition, instance=instance,
                                 resources=resources, run_config=run_config_for(asset_keys), raise_on_error=False,
@@ -154,6 +133,39 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
             summaries.append({"check": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(),
                               "partition": partition, "passed": evaluation.passed})
     return summaries
+
+
+def plan_runs(graph, selected, drop_keys: list[str]) -> list[tuple[str | None, list]]:
+    """Dagster runs in dependency order: (partition key or None, asset keys).
+
+    A run materializes assets of one partitions definition; an asset moves to a later phase than a parent with another
+    partitioning (the probe before the drops, dedup after every drop, the shards after the captions). Drop-partitioned
+    phases run once per drop, curriculum-stage phases once per stage in curriculum order.
+    """
+    import dagster as dg
+
+    phase: dict = {}
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        # an unpartitioned root (the probe) runs before everything, so its children need no phase of their own
+        root = -1 if node.partitions_def is None else 0
+        phase[key] = max((phase[p] + (graph.get(p).partitions_def != node.partitions_def) for p in node.parent_keys),
+                         default=root)
+    groups: dict[tuple, list] = {}
+    for key in graph.toposorted_asset_keys:
+        if key in selected:
+            pdef = graph.get(key).partitions_def
+            groups.setdefault((phase[key], repr(pdef) if pdef else ""), []).append(key)
+    runs: list[tuple[str | None, list]] = []
+    for (_, _), keys in sorted(groups.items(), key=lambda item: item[0]):
+        pdef = graph.get(keys[0]).partitions_def
+        if pdef is None:
+            runs.append((None, keys))
+        elif isinstance(pdef, dg.DynamicPartitionsDefinition):
+            runs += [(k, keys) for k in drop_keys]
+        else:
+            runs += [(k, keys) for k in pdef.get_partition_keys()]
+    return runs
 
 
 def _plain(value: Any) -> Any:
