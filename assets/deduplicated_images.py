@@ -172,6 +172,12 @@ def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedI
                         storage: StorageResource) -> dg.MaterializeResult:
     """Exact, perceptual and semantic duplicates among the filter survivors, across drops and against the past."""
     store = storage.store()
+    with store.lock(ASSET, owner=context.run.run_id):  # increments of two concurrent runs must not interleave
+        return _deduplicate(context, config, store)
+
+
+def _deduplicate(context: dg.AssetExecutionContext, config: DeduplicatedImagesConfig,
+                 store: TableStore) -> dg.MaterializeResult:
     dedup_config = config.to_dedup_config()
     chash = _config_hash(dedup_config)
     directory = store.dir(ASSET)

@@ -10,10 +10,12 @@ No Dagster and no Ray here: Ray workers write parts through this class, and the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import posixpath
+import socket
 import uuid
 from typing import Any
 
@@ -220,6 +222,49 @@ class TableStore:
         directory = self.asset_dir(f"decisions/{asset}" if asset else "decisions")
         return self.read_table(directory, filter=filter, schema=DECISIONS_SCHEMA)
 
+    # ----------------------------------------------------------------------------------------------------- locking
+    @contextlib.contextmanager
+    def lock(self, name: str, owner: str = ""):
+        """Hold `<root>/_locks/<name>.lock` while a run commits a global asset or a stage partition.
+
+        Parts are atomic on their own; the lock keeps two runs of the same global asset from interleaving their
+        increments. A second run fails at once naming the holder. A lock left by a dead process on this host is
+        taken over. On object stores (no atomic create) the lock is written and read back: best effort.
+        """
+        path = posixpath.join(self.base, "_locks", f"{name}.lock")
+        record = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(),
+                  "since": datetime.datetime.now(datetime.UTC).isoformat()}
+        self.fs.create_dir(posixpath.dirname(path), recursive=True)
+        for _ in range(2):
+            if self._create_exclusive(path, record):
+                break
+            holder = self.read_json(path) or {}
+            if holder.get("host") == record["host"] and not _alive(holder.get("pid")):
+                self._delete_quietly(path)  # its process is gone: the lock is stale
+                continue
+            raise RuntimeError(f"{name} is being written by another run ({holder.get('owner') or 'unknown run'}, "
+                               f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}); "
+                               f"wait for it, or delete {self.uri(path)} if that run is dead")
+        try:
+            yield
+        finally:
+            self._delete_quietly(path)
+
+    def _create_exclusive(self, path: str, record: dict[str, Any]) -> bool:
+        payload = json.dumps(record).encode()
+        if "://" not in self.root:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            return True
+        if self.exists(path):
+            return False
+        self.write_bytes(path, payload)
+        return self.read_json(path) == record
+
     # ----------------------------------------------------------------------------------------- source drop registry
     def register_source(self, partition: str, uri: str) -> None:
         """Remember which source drop a partition key stands for."""
@@ -261,3 +306,11 @@ class TableStore:
                 record = self.read_json(info.path)
                 out[record["partition"]] = record["uri"]
         return dict(sorted(out.items()))
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True

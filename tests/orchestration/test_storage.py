@@ -82,3 +82,28 @@ def test_registration_order_is_by_time(storage):
     time.sleep(0.01)
     store.register_source("aaa-2", "/b")
     assert store.registration_order() == ["zzz-1", "aaa-2"]
+
+
+def test_lock_excludes_a_second_run_and_recovers_a_dead_holder(tmp_path):
+    import json
+    import subprocess
+
+    from orchestration.storage import TableStore
+
+    store = TableStore(str(tmp_path))
+    with store.lock("deduplicated_images", owner="run-a"):
+        with pytest.raises(RuntimeError, match="run-a"):
+            with store.lock("deduplicated_images", owner="run-b"):
+                pass
+    with store.lock("deduplicated_images", owner="run-b"):  # released: free again
+        pass
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = tmp_path / "_locks" / "x.lock"
+    lock.parent.mkdir(exist_ok=True)
+    import socket
+
+    lock.write_text(json.dumps({"owner": "crashed", "pid": dead.pid, "host": socket.gethostname()}))
+    with store.lock("x", owner="run-c"):
+        assert json.loads(lock.read_text())["owner"] == "run-c"
+    assert not lock.exists()
