@@ -8,9 +8,20 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint bench corpus clean
+.PHONY: install system-deps bench-deps demo test lint bench corpus clean
 
-install: $(STAMP)
+install: $(STAMP) system-deps
+
+# Debian packages: Chromium for the real-browser UI test (Playwright drives /usr/bin/chromium; nothing downloads it).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v /usr/bin/chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# Tesseract 5 is the OCR anchor of bench/ocr_eval.py only.
+bench-deps:
+	@command -v tesseract >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq tesseract-ocr >/dev/null; }
 
 # Re-run whenever the pinned dependencies change.
 $(STAMP): pyproject.toml Makefile
@@ -30,8 +41,9 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
-bench: install
+bench: install bench-deps
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ocr_eval.py
 
 # Rebuild examples/corpus from ../shared/data/corpus_dev (deterministic).
 corpus: install

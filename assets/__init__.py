@@ -1,12 +1,21 @@
 """Dagster software-defined assets: thin glue between the pure packages, storage and Ray."""
 
 from assets.ai_image_probe import ai_image_probe
+from assets.captions import captions
+from assets.dataset_reports import dataset_audit, dataset_card
 from assets.deduplicated_images import deduplicated_images
 from assets.exclusion_signals import exclusion_signals
 from assets.image_features import image_features
+from assets.ocr_annotations import ocr_annotations
+from assets.prompt_variants import prompt_expansion_pairs, prompt_variants
+from assets.rebalanced_images import rebalanced_images
 from assets.source_images import source_images
+from assets.training_shards import training_shards
 
-ALL_ASSETS = [source_images, image_features, ai_image_probe, exclusion_signals, deduplicated_images]
+ALL_ASSETS = [source_images, image_features, ai_image_probe, exclusion_signals, deduplicated_images,
+              rebalanced_images, ocr_annotations, captions, prompt_variants, prompt_expansion_pairs, training_shards,
+              dataset_card, dataset_audit]
 
-__all__ = ["ALL_ASSETS", "ai_image_probe", "deduplicated_images", "exclusion_signals", "image_features",
-           "source_images"]
+__all__ = ["ALL_ASSETS", "ai_image_probe", "captions", "dataset_audit", "dataset_card", "deduplicated_images",
+           "exclusion_signals", "image_features", "ocr_annotations", "prompt_expansion_pairs", "prompt_variants",
+           "rebalanced_images", "source_images", "training_shards"]

@@ -1,0 +1,201 @@
+"""`captions`: OCR first, then metadata, then a captioner's world knowledge, for every curated image."""
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field
+
+from assets.ocr_annotations import ASSET as OCR
+from assets.ocr_annotations import curated_refs, group_by_source, ocr_annotations
+from captioning.captioner import CaptionerConfig, CaptionInput, load_captioner
+from captioning.grounding import missing_ocr_lines
+from curation.decisions import Decision, StageCounts, decisions_table
+from curation.image_io import load_rgb
+from curation.stage import ModelStage, StageResources
+from orchestration.ray_adapter import Throughput, run_units_on_actors
+from orchestration.resources import AtelierRay, ModelSettings, StorageResource
+from orchestration.sample_parts import current_rows, plan_sample_parts, read_images
+from orchestration.storage import SUCCESS_MARKER
+
+ASSET = "captions"
+CAPTIONS_CODE_VERSION = "captions-1"
+
+CAPTIONS_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),
+    pa.field("caption", pa.string(), nullable=False),
+    pa.field("backend", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("inputs", pa.string(), nullable=False),  # JSON: OCR lines, metadata fields and values, visual facts
+    pa.field("attempts", pa.int32(), nullable=False),
+    pa.field("failure", pa.string()),
+    pa.field("failure_detail", pa.string()),
+    pa.field("fallback_from", pa.string()),
+    pa.field("quoted", pa.list_(pa.string()), nullable=False),  # visible text the variants must keep
+    pa.field("entities", pa.list_(pa.string()), nullable=False),  # title, place, creator from metadata
+])
+
+
+class CaptionsConfig(dg.Config):
+    """Captioner backend. Secrets never appear here: only the NAME of the API key's environment variable."""
+
+    backend: str = Field(default="grounded", description="'grounded' (embedded), 'transformers' or 'openai'.")
+    model_path: str | None = Field(default=None, description="transformers: local VLM directory.")
+    endpoint: str | None = Field(default=None, description="openai: base URL of the chat-completions endpoint.")
+    model: str | None = Field(default=None, description="openai: served model name.")
+    api_key_env: str | None = Field(default=None, description="openai: NAME of the env var holding the API key.")
+    max_new_tokens: int = Field(default=CaptionerConfig.max_new_tokens, description="Tokens per caption.")
+    batch_size: int = Field(default=CaptionerConfig.batch_size, description="transformers: images per generate.")
+    concurrency: int = Field(default=CaptionerConfig.concurrency, description="openai: requests in flight.")
+    timeout_s: float = Field(default=CaptionerConfig.timeout_s, description="openai: per-request timeout.")
+    max_retries: int = Field(default=CaptionerConfig.max_retries, description="openai: HTTP retries.")
+    min_ocr_score: float = Field(default=CaptionerConfig.min_ocr_score,
+                                 description="OCR lines below this confidence are neither used nor required.")
+    fallback_to_grounded: bool = Field(default=False, description="Use the grounded caption when a VLM fails.")
+    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
+    rows_per_part: int = Field(default=64, description="Images per part (one actor task).")
+    num_cpus_per_actor: float = Field(default=1.0, description="CPUs per captioning actor.")
+    num_gpus_per_actor: float = Field(default=0.0, description="GPUs per captioning actor (transformers).")
+
+    def to_captioner_config(self, models: ModelSettings) -> CaptionerConfig:
+        """The one conversion from Dagster config to the pure config."""
+        return CaptionerConfig(
+            backend=self.backend, model_path=models.resolve(self.model_path), endpoint=self.endpoint,
+            model=self.model, api_key_env=self.api_key_env, max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size, concurrency=self.concurrency, timeout_s=self.timeout_s,
+            max_retries=self.max_retries, min_ocr_score=self.min_ocr_score,
+            fallback_to_grounded=self.fallback_to_grounded,
+            device=models.device_for(self.device, self.num_gpus_per_actor))
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _entities(inputs: dict) -> list[str]:
+    meta = inputs.get("metadata") or {}
+    return [str(meta[k]) for k in ("title", "place", "creator") if isinstance(meta.get(k), str) and meta[k]]
+
+
+def caption_part(stage: ModelStage, task: tuple) -> dict:
+    """Actor task body: caption one part of images with the actor's captioner."""
+    store, index, refs, config_hash, run_id = task
+    images = read_images(store, refs, columns=("sample_id", "source_uri", "image", "metadata")).to_pylist()
+    ids = [r["sample_id"] for r in images]
+    ocr = {r["sample_id"]: r for r in current_rows(store, OCR, ids, columns=["sample_id", "lines"]).to_pylist()}
+    inputs, broken = [], []
+    for rec in images:
+        lines = [(line["text"], float(line["score"])) for line in (ocr.get(rec["sample_id"]) or {}).get("lines") or []]
+        try:
+            inputs.append(CaptionInput(rec["sample_id"], load_rgb(rec["image"]), lines, json.loads(rec["metadata"]),
+                                       rec["source_uri"]))
+        except Exception as exc:  # corrupted storage: recorded as a failed caption, the part goes on
+            broken.append((rec, f"{type(exc).__name__}: {exc}"))
+    results = stage.model.caption_batch(inputs) if inputs else []
+    uri = {r["sample_id"]: r["source_uri"] for r in images}
+    rows, decisions = [], []
+    counts = StageCounts()
+    for _, res in zip(inputs, results, strict=True):
+        counts.total += 1
+        quoted = list(res.inputs.get("ocr_lines") or [])
+        failure = res.failure
+        if failure is None and not res.caption:
+            failure = "caption_empty"
+        rows.append({"sample_id": res.sample_id, "source_uri": uri[res.sample_id], "caption": res.caption or "",
+                     "backend": res.backend, "model": res.model, "prompt_version": res.prompt_version,
+                     "inputs": json.dumps(res.inputs, sort_keys=True, default=str), "attempts": res.attempts,
+                     "failure": failure, "failure_detail": res.failure_detail, "fallback_from": res.fallback_from,
+                     "quoted": quoted, "entities": _entities(res.inputs)})
+        if failure and not res.caption:
+            counts.dropped[failure] += 1
+            decisions.append(Decision(res.sample_id, uri[res.sample_id], "caption", "drop", failure,
+                                      details={"detail": res.failure_detail, "attempts": res.attempts,
+                                               "backend": res.backend, "model": res.model}))
+        else:
+            counts.kept += 1
+            if failure:  # a VLM failure replaced by the grounded caption: kept, and the ledger says so
+                decisions.append(Decision(res.sample_id, uri[res.sample_id], "caption", "keep",
+                                          f"fallback_after_{failure}", details={"detail": res.failure_detail}))
+    for rec, error in broken:
+        counts.total += 1
+        counts.dropped["caption_backend_error"] += 1
+        rows.append({"sample_id": rec["sample_id"], "source_uri": rec["source_uri"], "caption": "",
+                     "backend": stage.config.backend, "model": "", "prompt_version": "", "inputs": "{}",
+                     "attempts": 0, "failure": "caption_backend_error", "failure_detail": error,
+                     "fallback_from": None, "quoted": [], "entities": []})
+        decisions.append(Decision(rec["sample_id"], rec["source_uri"], "caption", "drop", "caption_backend_error",
+                                  details={"detail": error}))
+    summary = {"unit": index, "config_hash": config_hash, "run_id": run_id, "counts": counts.to_dict()}
+    store.write_parquet(store.part_path("decisions/" + ASSET, None, index),
+                        decisions_table(decisions, run_id, CAPTIONS_CODE_VERSION), summary)
+    store.write_parquet(store.part_path(ASSET, None, index), pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA),
+                        summary)
+    return summary
+
+
+@dg.asset(
+    deps=[ocr_annotations],
+    code_version=CAPTIONS_CODE_VERSION,
+    kinds={"ray", "parquet"},
+    group_name="captioning",
+    check_specs=[
+        dg.AssetCheckSpec("accounting", asset=ASSET,
+                          description="every curated sample has a caption or a caption-stage decision"),
+        dg.AssetCheckSpec("ocr_grounding", asset=ASSET,
+                          description="every confident OCR line appears verbatim in its caption"),
+        dg.AssetCheckSpec("provenance", asset=ASSET, description="every caption names backend, model, prompt"),
+    ],
+)
+def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage: StorageResource,
+             models: ModelSettings, ray_cluster: AtelierRay) -> dg.MaterializeResult:
+    """Captions built in steps (OCR, metadata, a captioner), grounded and with their provenance."""
+    store = storage.store()
+    captioner_config = config.to_captioner_config(models)
+    safe = {k: v for k, v in asdict(captioner_config).items() if k != "api_key_env"}
+    ocr_marker = store.read_json(f"{store.dir(OCR)}/{SUCCESS_MARKER}") or {}
+    # captions are recomputed when the OCR that feeds them changes its configuration
+    chash = _hash({"config": safe, "code": CAPTIONS_CODE_VERSION, "ocr": ocr_marker.get("config_hash")})
+    with store.lock(ASSET, owner=context.run.run_id):
+        wanted, source = curated_refs(store)
+        done, plans, retired = plan_sample_parts(store, ASSET, chash, wanted, config.rows_per_part)
+        stage = ModelStage(ASSET, load_captioner, captioner_config,
+                           StageResources(num_cpus=config.num_cpus_per_actor, num_gpus=config.num_gpus_per_actor))
+        tasks = [(store, p.index, group_by_source(p.sample_ids, source), chash, context.run.run_id) for p in plans]
+        clock = Throughput()
+        computed = sum(s["counts"]["total"] for s in run_units_on_actors(stage, caption_part, tasks))
+        rate = clock.per_second(computed)
+        rows = current_rows(store, ASSET, wanted)
+    records = rows.to_pylist()
+    failed = [r for r in records if not r["caption"]]
+    ungrounded = [r["sample_id"] for r in records if r["caption"] and missing_ocr_lines(r["caption"],
+                                                                                            r["quoted"])]
+    no_provenance = [r["sample_id"] for r in records if r["caption"] and not (r["backend"] and r["model"]
+                                                                             and r["prompt_version"])]
+    reasons: dict[str, int] = {}
+    for r in failed:
+        reasons[r["failure"] or "caption_empty"] = reasons.get(r["failure"] or "caption_empty", 0) + 1
+    store.write_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}", {"config_hash": chash, "run_id": context.run.run_id,
+                                                             "code_version": CAPTIONS_CODE_VERSION,
+                                                             "rows": rows.num_rows})
+    examples = "\n".join(f"- `{r['sample_id'][:12]}` ({r['backend']}): {r['caption'][:300]}"
+                         for r in records[:5] if r["caption"])
+    metadata = {"total": len(wanted), "kept": len(records) - len(failed), "dropped": len(failed),
+                **{f"dropped_{k}": v for k, v in sorted(reasons.items())}, "computed_now": computed,
+                "reused": len(done & set(wanted)), "parts_retired": retired,
+                "captions_per_second": round(rate, 3), "backend": captioner_config.backend,
+                "model": captioner_config.model or captioner_config.model_path or "embedded",
+                "examples": dg.MetadataValue.md(examples or "-"), "dagster/row_count": len(records) - len(failed),
+                "path": dg.MetadataValue.path(store.uri(store.dir(ASSET)))}
+    checks = [
+        dg.AssetCheckResult(check_name="accounting", passed=len(records) == len(wanted),
+                            metadata={"wanted": len(wanted), "rows": len(records), "failed": len(failed)}),
+        dg.AssetCheckResult(check_name="ocr_grounding", passed=not ungrounded,
+                            metadata={"ungrounded": len(ungrounded), "examples": json.dumps(ungrounded[:5])}),
+        dg.AssetCheckResult(check_name="provenance", passed=not no_provenance,
+                            metadata={"missing": len(no_provenance)}),
+    ]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)

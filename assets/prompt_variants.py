@@ -1,0 +1,201 @@
+"""`prompt_variants` (tags / short / medium / long of every caption) and `prompt_expansion_pairs` (short -> long)."""
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field
+
+from assets.captions import ASSET as CAPTIONS
+from assets.captions import captions
+from assets.ocr_annotations import curated_refs
+from captioning.variants import VARIANT_KINDS, VariantConfig, check_variant, expansion_pairs, rewrite_batch
+from curation.stage import ModelStage, StageResources
+from orchestration.ray_adapter import Throughput, run_units_on_actors
+from orchestration.resources import AtelierRay, ModelSettings, StorageResource
+from orchestration.sample_parts import current_rows, plan_sample_parts
+from orchestration.storage import SUCCESS_MARKER
+
+ASSET = "prompt_variants"
+VARIANTS_CODE_VERSION = "variants-1"
+
+VARIANTS_SCHEMA = pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),
+    *[pa.field(k, pa.string(), nullable=False) for k in VARIANT_KINDS],
+    pa.field("backend", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("fallback_reason", pa.string()),
+    pa.field("caption_backend", pa.string(), nullable=False),
+    pa.field("quoted", pa.list_(pa.string()), nullable=False),
+    pa.field("entities", pa.list_(pa.string()), nullable=False),
+])
+
+
+class PromptVariantsConfig(dg.Config):
+    """Rewriting backend, length bounds and the distribution the training loader samples."""
+
+    backend: str = Field(default="deterministic", description="'deterministic', 'transformers' or 'openai'.")
+    model_path: str | None = Field(default=None, description="transformers: local text model directory.")
+    endpoint: str | None = Field(default=None, description="openai: base URL of the chat-completions endpoint.")
+    model: str | None = Field(default=None, description="openai: served model name.")
+    api_key_env: str | None = Field(default=None, description="openai: NAME of the env var holding the API key.")
+    short_max_words: int = Field(default=VariantConfig.short_max_words, description="Word limit of `short`.")
+    medium_target_words: int = Field(default=VariantConfig.medium_target_words, description="Aim of `medium`.")
+    length_distribution: dict[str, float] = Field(
+        default={"tags": 0.1, "short": 0.3, "medium": 0.3, "long": 0.3},
+        description="Probability the training loader picks each variant.")
+    rows_per_part: int = Field(default=256, description="Captions per part (one actor task).")
+    num_gpus_per_actor: float = Field(default=0.0, description="GPUs per rewriting actor (transformers).")
+
+    def to_variant_config(self, models: ModelSettings) -> VariantConfig:
+        """The one conversion from Dagster config to the pure config."""
+        path = models.resolve(self.model_path) if self.backend == "transformers" else self.model
+        return VariantConfig(backend=self.backend, model_path=path, short_max_words=self.short_max_words,
+                             medium_target_words=self.medium_target_words,
+                             length_distribution=dict(self.length_distribution),
+                             device=models.device_for("auto", self.num_gpus_per_actor))
+
+
+class Rewriter:
+    """Loaded once per actor: the LLM generator for the configured backend (none for the deterministic one)."""
+
+    def __init__(self, config: tuple) -> None:
+        self.config, self.endpoint, self.api_key_env = config
+        self.generator = None
+
+    def setup(self) -> None:
+        if self.config.backend == "openai":
+            from captioning.openai_client import ChatClient
+            from captioning.variants import chat_generator
+
+            if not self.endpoint or not self.config.model_path:
+                raise ValueError("prompt_variants backend 'openai' needs `endpoint` and `model`")
+            client = ChatClient(self.endpoint, model=self.config.model_path, api_key_env=self.api_key_env)
+            self.generator = chat_generator(client.complete)
+        elif self.config.backend == "transformers":
+            from captioning.variants import TransformersTextGenerator
+
+            self.generator = TransformersTextGenerator(self.config.model_path, device=self.config.device)
+            self.generator.setup()
+
+
+def _load_rewriter(config: tuple) -> Rewriter:
+    return Rewriter(config)
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def variants_part(stage: ModelStage, task: tuple) -> dict:
+    """Actor task body: rewrite one part of captions."""
+    store, index, sample_ids, config_hash, run_id = task
+    rows = [r for r in current_rows(store, CAPTIONS, sample_ids).to_pylist() if r["caption"]]
+    rewriter: Rewriter = stage.model
+    items = [{"caption": r["caption"], "quoted": r["quoted"], "entities": r["entities"]} for r in rows]
+    results = rewrite_batch(items, rewriter.config, rewriter.generator) if items else []
+    out = [{"sample_id": r["sample_id"], **{k: getattr(v, k) for k in VARIANT_KINDS}, "backend": v.backend,
+            "model": v.model, "prompt_version": v.prompt_version, "fallback_reason": v.fallback_reason,
+            "caption_backend": r["backend"], "quoted": r["quoted"], "entities": r["entities"]}
+           for r, v in zip(rows, results, strict=True)]
+    summary = {"unit": index, "config_hash": config_hash, "run_id": run_id,
+               "counts": {"total": len(rows), "kept": len(out), "dropped": 0}}
+    store.write_parquet(store.part_path(ASSET, None, index), pa.Table.from_pylist(out, schema=VARIANTS_SCHEMA),
+                        summary)
+    return summary
+
+
+@dg.asset(
+    deps=[captions],
+    code_version=VARIANTS_CODE_VERSION,
+    kinds={"ray", "parquet"},
+    group_name="captioning",
+    check_specs=[
+        dg.AssetCheckSpec("coverage", asset=ASSET, description="every caption has its four variants"),
+        dg.AssetCheckSpec("length_bounds", asset=ASSET, description="short/medium/tags within their word bounds"),
+        dg.AssetCheckSpec("quoted_text_kept", asset=ASSET,
+                          description="every variant keeps the caption's quoted text and key entities"),
+    ],
+)
+def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsConfig, storage: StorageResource,
+                    models: ModelSettings, ray_cluster: AtelierRay) -> dg.MaterializeResult:
+    """Each caption rewritten as tags, short (<= 12 words), medium (~30 words) and long."""
+    store = storage.store()
+    variant_config = config.to_variant_config(models)
+    captions_marker = store.read_json(f"{store.dir(CAPTIONS)}/{SUCCESS_MARKER}") or {}
+    chash = _hash({"config": asdict(variant_config), "endpoint": config.endpoint, "code": VARIANTS_CODE_VERSION,
+                   "captions": captions_marker.get("config_hash")})
+    with store.lock(ASSET, owner=context.run.run_id):
+        wanted, _ = curated_refs(store)
+        captioned = [r["sample_id"] for r in current_rows(store, CAPTIONS, wanted,
+                                                          ["sample_id", "caption"]).to_pylist() if r["caption"]]
+        done, plans, retired = plan_sample_parts(store, ASSET, chash, captioned, config.rows_per_part)
+        stage = ModelStage(ASSET, _load_rewriter, (variant_config, config.endpoint, config.api_key_env),
+                           StageResources(num_cpus=1.0, num_gpus=config.num_gpus_per_actor))
+        tasks = [(store, p.index, p.sample_ids, chash, context.run.run_id) for p in plans]
+        clock = Throughput()
+        computed = sum(s["counts"]["total"] for s in run_units_on_actors(stage, variants_part, tasks))
+        rate = clock.per_second(computed)
+        rows = current_rows(store, ASSET, captioned)
+    records = rows.to_pylist()
+    bound_problems, kept_problems, fallbacks = [], [], 0
+    for r in records:
+        fallbacks += r["fallback_reason"] is not None
+        for kind in VARIANT_KINDS:
+            problems = check_variant(kind, r[kind], r["quoted"], r["entities"], variant_config, caption=r["long"])
+            (kept_problems if any("quote" in p or "entit" in p for p in problems) else bound_problems).extend(
+                f"{r['sample_id'][:12]} {kind}: {p}" for p in problems)
+    store.write_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}", {
+        "config_hash": chash, "code_version": VARIANTS_CODE_VERSION, "run_id": context.run.run_id,
+        "rows": rows.num_rows, "length_distribution": variant_config.length_distribution})
+    words = {k: round(sum(len(r[k].split()) for r in records) / max(1, len(records)), 1) for k in VARIANT_KINDS}
+    example = records[0] if records else None
+    table = "\n".join(f"| {k} | {example[k][:200]} |" for k in VARIANT_KINDS) if example else ""
+    metadata = {"total": len(captioned), "kept": rows.num_rows, "dropped": 0, "computed_now": computed,
+                "reused": len(done & set(captioned)), "parts_retired": retired, "llm_fallbacks": fallbacks,
+                "variants_per_second": round(rate, 2), "backend": variant_config.backend,
+                **{f"mean_words_{k}": v for k, v in words.items()},
+                "length_distribution": dg.MetadataValue.json(variant_config.length_distribution),
+                "example": dg.MetadataValue.md(f"| variant | text |\n| --- | --- |\n{table}" if table else "-"),
+                "dagster/row_count": rows.num_rows, "path": dg.MetadataValue.path(store.uri(store.dir(ASSET)))}
+    checks = [
+        dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(captioned),
+                            metadata={"captions": len(captioned), "rows": rows.num_rows}),
+        dg.AssetCheckResult(check_name="length_bounds", passed=not bound_problems,
+                            metadata={"problems": len(bound_problems), "examples": json.dumps(bound_problems[:5])}),
+        dg.AssetCheckResult(check_name="quoted_text_kept", passed=not kept_problems,
+                            metadata={"problems": len(kept_problems), "examples": json.dumps(kept_problems[:5])}),
+    ]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+@dg.asset(
+    deps=[prompt_variants],
+    code_version=VARIANTS_CODE_VERSION,
+    kinds={"parquet"},
+    group_name="captioning",
+    check_specs=[dg.AssetCheckSpec("pairs_differ", asset="prompt_expansion_pairs",
+                                   description="no pair's short prompt equals its long caption")],
+)
+def prompt_expansion_pairs(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+    """(short -> long) pairs of every curated caption: the training data of a prompt expander."""
+    store = storage.store()
+    wanted, _ = curated_refs(store)
+    rows = current_rows(store, ASSET, wanted, ["sample_id", "short", "long"]).to_pylist()
+    pairs = expansion_pairs(rows)
+    table = pa.Table.from_pylist(pairs, schema=pa.schema([("short", pa.string()), ("long", pa.string()),
+                                                          ("sample_id", pa.string())]))
+    directory = store.dir("prompt_expansion_pairs")
+    store.write_parquet(store.part_path("prompt_expansion_pairs", None, 0), table, {"run_id": context.run.run_id})
+    store.remove_parts_from(directory, 1)
+    same = sum(p["short"].strip().lower() == p["long"].strip().lower() for p in pairs)
+    jsonl = os.linesep.join(json.dumps(p, ensure_ascii=False) for p in pairs[:3])
+    return dg.MaterializeResult(
+        metadata={"pairs": len(pairs), "skipped": len(rows) - len(pairs), "dagster/row_count": len(pairs),
+                  "examples": dg.MetadataValue.md(f"```\n{jsonl}\n```" if jsonl else "-"),
+                  "path": dg.MetadataValue.path(store.uri(directory))},
+        check_results=[dg.AssetCheckResult(check_name="pairs_differ", passed=same == 0, metadata={"same": same})])
