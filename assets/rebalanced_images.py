@@ -80,12 +80,13 @@ def concept_texts(metadata_json: str, source_uri: str) -> list[str]:
     return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
-def _texts(store: TableStore, curated: pa.Table) -> dict[str, list[str]]:
+def _metadata(store: TableStore, curated: pa.Table) -> dict[str, str]:
+    """sample_id -> its ingest metadata JSON."""
     refs: dict[str, list[str]] = {}
     for sid, src in zip(curated.column("sample_id").to_pylist(), curated.column("source").to_pylist(), strict=True):
         refs.setdefault(src, []).append(sid)
-    rows = read_images(store, refs, columns=("sample_id", "source_uri", "metadata")).to_pylist()
-    return {r["sample_id"]: concept_texts(r["metadata"], r["source_uri"]) for r in rows}
+    rows = read_images(store, refs, columns=("sample_id", "metadata")).to_pylist()
+    return {r["sample_id"]: r["metadata"] for r in rows}
 
 
 def _plots(store: TableStore, result, table: pa.Table) -> dict:
@@ -157,11 +158,13 @@ def _rebalance(context, config: RebalancedImagesConfig, store: TableStore) -> dg
                                     check_results=verify(store, marker["curated"]))
 
     curated = store.read_table(store.dir(DEDUP), columns=["sample_id", "source", "source_uri", "embedding"])
-    texts = _texts(store, curated)
+    metadata_of = _metadata(store, curated)
+    texts = {}
     gate, keep_rows = [], []
     for i, (sid, uri) in enumerate(zip(curated.column("sample_id").to_pylist(),
                                        curated.column("source_uri").to_pylist(), strict=True)):
-        request = opt_outs.match(sid, uri, None)
+        texts[sid] = concept_texts(metadata_of.get(sid, "{}"), uri)
+        request = opt_outs.match(sid, uri, metadata_of.get(sid))
         if request is None:
             keep_rows.append(i)
         else:

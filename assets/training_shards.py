@@ -130,10 +130,18 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
     variants = {r["sample_id"]: r for r in current_rows(store, VARIANTS, [r["sample_id"] for r in kept]).to_pylist()}
     eligible = _eligibility(store, stage)
     opt_outs = load_opt_outs(store)
+    source_of = {r["sample_id"]: r["source"] for r in kept}
+    metadata_of = {}
+    if opt_outs:  # artists and URLs live in the ingest metadata
+        refs: dict[str, list[str]] = {}
+        for sid, src in source_of.items():
+            refs.setdefault(src, []).append(sid)
+        metadata_of = {r["sample_id"]: r["metadata"]
+                       for r in read_images(store, refs, columns=("sample_id", "metadata")).to_pylist()}
     gate: list[Decision] = []
     rows = []
     for r in sorted(kept, key=lambda r: r["sample_id"]):
-        request = opt_outs.match(r["sample_id"], r["source_uri"], None)
+        request = opt_outs.match(r["sample_id"], r["source_uri"], metadata_of.get(r["sample_id"]))
         variant = variants.get(r["sample_id"])
         if request is not None:  # re-applied here too: a request made after rebalancing still wins
             gate.append(opt_out_decision(r["sample_id"], r["source_uri"], request))
@@ -148,7 +156,6 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
                          "sample_weight": float(r["sample_weight"]),
                          "caption_backend": variant.get("caption_backend"),
                          **{f"caption_{k}": variant.get(k) or "" for k in VARIANT_KINDS}})
-    source_of = {r["sample_id"]: r["source"] for r in kept}
     per_shard = shard_config.rows_per_shard()
     chunks = [rows[i:i + per_shard] for i in range(0, len(rows), per_shard)]
     chash = _hash({"config": asdict(shard_config), "code": SHARD_CODE_VERSION})
