@@ -106,6 +106,24 @@ def concept_frequency_plot(before: Mapping[str, float], after: Mapping[str, floa
     return _png(fig)
 
 
+def loss_curve_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                    title: str = "training loss") -> bytes:
+    """Loss against step (log y) for one or more named series `{name: (steps, losses)}`, as PNG bytes."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (steps, losses) in curves.items():
+        if len(steps):
+            ax.plot(steps, losses, marker=".", label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def png_markdown(png_bytes: bytes, alt: str = "") -> str:
     """Markdown image with the PNG inlined as a data URI: `![alt](data:image/png;base64,...)`."""
     alt = alt.replace("[", "(").replace("]", ")")

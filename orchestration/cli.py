@@ -189,6 +189,9 @@ def print_summary(summaries: list[dict[str, Any]], out=None) -> None:
         if "held_out_auc" in meta:
             reasons = f"probe {meta.get('version')}: {meta['n_ai']} AI / {meta['n_real']} real, held-out AUC " \
                       f"{meta['held_out_auc']:.2f}"
+        if "final_loss" in meta:
+            reasons = f"DiT {meta['model_size']} ({meta['params']:,} params), {meta['steps']} steps, loss " \
+                      f"{meta['first_loss']:.3f} -> {meta['final_loss']:.3f}, {meta['samples_per_second']} samples/s"
         partition = str(s["partition"] or "-")
         print(f"{s['asset']:<22} {partition:<28} {meta.get('total', ''):>6} {meta.get('kept', ''):>6} "
               f"{meta.get('dropped', ''):>8}  {status:<6}  {reasons}", file=out)
@@ -293,6 +296,57 @@ def _exclusion_signals(item, facts, nsfw_score: float | None) -> dict[str, Any]:
     return {k: row[k] for k in keep}
 
 
+def ocr_inputs(paths: list[str]) -> list[str]:
+    """The files `curate ocr` reads: files as given, directories expanded to the image files inside (recursive,
+    sorted; hidden entries skipped); a missing path is kept so that it gets its own error line."""
+    from curation.image_io import IMAGE_EXTENSIONS
+
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = []
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [os.path.join(folder, f) for f in files
+                      if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+        out += sorted(found)
+    return out
+
+
+def cmd_ocr(args: argparse.Namespace) -> int:
+    from captioning.ocr import OcrConfig, load_engine
+    from curation.image_io import ImageRejected, load_rgb
+
+    config = OcrConfig(backend=args.backend, min_score=args.min_score, second_pass=args.second_pass,
+                       det_model_dir=args.det_model_dir, rec_model_dir=args.rec_model_dir)
+    try:
+        engine = load_engine(config)
+        engine.setup()
+    except Exception as exc:  # a missing backend or model directory: one clear message, no traceback
+        print(f"curate ocr: cannot start the {args.backend} backend: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in ocr_inputs(args.paths):
+        record: dict[str, Any] = {"path": path}
+        try:
+            with open(path, "rb") as f:
+                image = load_rgb(f.read())
+            record.update(engine.read(image).to_json())
+        except ImageRejected as rej:
+            record.update(text="", lines=[], error=rej.reason, error_detail=rej.details.get("message"))
+        except OSError as exc:
+            record.update(text="", lines=[], error="unreadable", error_detail=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # the engine broke on this image: report it and go on with the next one
+            record.update(text="", lines=[], error="ocr_failed", error_detail=f"{type(exc).__name__}: {exc}")
+        failed += "error" in record
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    if failed:
+        print(f"curate ocr: {failed} input(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     from orchestration.lineage import find_lineage, format_lineage
 
@@ -341,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--min-side", type=int, default=1, help="report too_small below this side (default 1)")
     inspect.add_argument("--no-features", action="store_true", help="skip hashes, embedding and NSFW score")
     inspect.set_defaults(func=cmd_inspect)
+
+    ocr = sub.add_parser("ocr", help="one JSON line per image: its text and lines (text, score, box, language)")
+    ocr.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories (searched recursively)")
+    ocr.add_argument("--min-score", type=float, default=0.6, help="drop lines below this confidence (default 0.6)")
+    ocr.add_argument("--backend", choices=["rapidocr", "paddleocr"], default="rapidocr")
+    ocr.add_argument("--second-pass", action="store_true", help="also read each line from a wider crop")
+    ocr.add_argument("--det-model-dir", help="PaddleOCR detection model directory (paddleocr backend)")
+    ocr.add_argument("--rec-model-dir", help="PaddleOCR recognition model directory (paddleocr backend)")
+    ocr.set_defaults(func=cmd_ocr)
 
     lineage = sub.add_parser("lineage", help="everything known about one sample")
     lineage.add_argument("sample", metavar="SAMPLE_ID_OR_PATH")

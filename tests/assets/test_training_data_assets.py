@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "corpus" / "photos"
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 CONFIG = {"assets": {"source_images": {"min_side": 32},
-                     "training_shards": {"stage_sizes": {"256": 32, "512": 48, "1024": 64}, "target_shard_mb": 0.002}}}
+                     "training_shards": {"stage_sizes": {"256": 32, "512": 48, "1024": 64}, "target_shard_mb": 0.002},
+                     "dit_checkpoint": {"recipes": {"256": "demo-32", "512": "demo-48", "1024": "demo-64"},
+                                        "steps": 16}}}
 
 
 def _sign() -> Image.Image:
@@ -101,6 +103,28 @@ def test_shards_per_stage_hold_bucketed_images_with_provenance(pipeline):
     assert len(store.list_parts(store.dir("training_shards", "256"))) >= 2  # shards of the target size
     card = json.loads((Path(storage) / "dataset_card" / "_" / "dataset_card.json").read_text())
     assert set(card["stages"]) == {"256", "512", "1024"} and card["curated"] == 7
+
+
+def test_dit_checkpoint_per_stage_chains_the_curriculum(pipeline):
+    import torch
+
+    storage, _, first = pipeline
+    store = TableStore(storage)
+    previous = None
+    for stage in ("256", "512", "1024"):
+        meta = _meta(first, "dit_checkpoint", stage)
+        assert meta["steps"] == 16 and meta["params"] > 0 and meta["samples_per_second"] > 0
+        assert meta["init_from"] == (previous or "scratch")
+        assert "data:image/png;base64," in meta["loss_curve"] and "data:image/png;base64," in meta["samples"]
+        out = Path(store.dir("dit_checkpoint", stage))
+        done = json.loads((out / "_SUCCESS.json").read_text())
+        assert done["shards"] == store.list_parts(store.dir("training_shards", stage))
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert ckpt["step"] == 16 and ckpt["train_config"]["stage_size"] == {"256": 32, "512": 48, "1024": 64}[stage]
+        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(steps) and steps[-1] == 16
+        previous = str(out / "checkpoint.pt")
+    assert not [s for s in first if s.get("asset") == "dit_checkpoint" and "check" in s and not s["passed"]]
 
 
 def test_opt_out_removes_a_curated_sample_from_every_shard_on_recuration(pipeline):

@@ -15,7 +15,8 @@ def test_match_by_each_kind():
     assert opt.match("ab" * 32, "/data/a.jpg", {}).kind == "sample_id"
     assert opt.match("cd" * 32, "https://x.org/a.jpg", {}).kind == "url"
     assert opt.match("cd" * 32, "/d/b.jpg", {"sidecar": {"url": "https://img.example.com/p/1.jpg"}}).kind == "domain"
-    assert opt.match("cd" * 32, "/d/b.jpg", json.dumps({"embedded": {"exif": {"Artist": "jane doe"}}})).kind == "artist"
+    embedded = json.dumps({"embedded": {"exif": {"Artist": "jane doe"}}})
+    assert opt.match("cd" * 32, "/d/b.jpg", embedded).kind == "artist"
     assert opt.match("cd" * 32, "/d/b.jpg", {"sidecar": {"url": "https://notexample.com/1.jpg",
                                                          "artist": "John Doe"}}) is None
 

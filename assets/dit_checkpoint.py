@@ -1,0 +1,220 @@
+"""`dit_checkpoint`: one curriculum stage of DiT training on that stage's shards, through Ray Train.
+
+Each stage starts from the previous stage's checkpoint (256 -> 512 -> 1024) and writes
+`<storage>/dit_checkpoint/<stage>/` with `checkpoint.pt` (model, EMA, optimizer, step, both configs), `metrics.jsonl`,
+`samples.png` and `_SUCCESS.json` (the shard files it was trained on, for lineage). A killed run resumes from the
+last checkpoint; a rerun on unchanged inputs trains nothing; changed shards, configs or a retrained previous stage
+start the stage over.
+"""
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from assets.training_shards import ASSET as SHARDS
+from assets.training_shards import STAGE_KEYS, curriculum_stages, training_shards
+from curation.plots import loss_curve_plot, png_markdown
+from orchestration.resources import AtelierRay, StorageResource
+from orchestration.storage import SUCCESS_MARKER, TableStore
+
+ASSET = "dit_checkpoint"
+DIT_CODE_VERSION = "dit-1"
+INPUTS_MARKER = "_inputs.json"
+STATE_FILES = ("checkpoint.pt", "metrics.jsonl", "samples.png")
+
+
+class DitCheckpointConfig(dg.Config):
+    """Which model and recipe each curriculum stage trains; unset overrides keep the recipe's values."""
+
+    model_size: str = Field(default="debug", description="A size of training.config.SIZES: debug, S, B, L, XL.")
+    recipes: dict[str, str] = Field(default={}, description="Recipe (training.config.recipes()) per stage key; "
+                                                            "default: the key itself (the production 256/512/1024).")
+    steps: int | None = Field(default=None, description="Optimizer steps of every stage.")
+    batch_size: int | None = Field(default=None, description="Images per step per worker.")
+    lr: float | None = Field(default=None, description="Peak learning rate.")
+    num_workers: int | None = Field(default=None, description="Ray Train workers (one process each).")
+    use_gpu: bool | None = Field(default=None, description="One GPU per Ray Train worker.")
+    text_encoder: str | None = Field(default=None, description="minilm (bundled) or a local model directory.")
+    teacher: str | None = Field(default=None, description="iREPA teacher: embedded, none or a local directory.")
+
+    def configs(self, stage: str):
+        """The (ModelConfig, TrainConfig) of one stage: the one conversion from Dagster config to the pure configs."""
+        from training.config import model_config, recipes
+
+        name = self.recipes.get(stage, stage)
+        known = recipes()
+        if name not in known:
+            raise ValueError(f"stage {stage}: unknown training recipe {name!r}; expected one of {sorted(known)}")
+        overrides = {k: v for k, v in {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
+                                       "num_workers": self.num_workers, "use_gpu": self.use_gpu,
+                                       "text_encoder": self.text_encoder, "teacher": self.teacher}.items()
+                     if v is not None}
+        return model_config(self.model_size), replace(known[name], **overrides), name
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The metrics.jsonl records (an absent file is no records)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def loss_fell(records: list[dict]) -> tuple[bool, float, float]:
+    """(passed, first, last): the mean loss of the last fifth of the logged windows is below the first window's."""
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), int | float)]
+    if len(losses) < 2 or not all(math.isfinite(x) for x in losses):
+        return False, losses[0] if losses else math.nan, losses[-1] if losses else math.nan
+    tail = losses[-max(1, len(losses) // 5):]
+    last = sum(tail) / len(tail)
+    return last < losses[0], losses[0], last
+
+
+def _local_dir(store: TableStore, stage: str) -> Path:
+    if "://" in store.root:
+        raise RuntimeError(f"dit_checkpoint trains into a filesystem path that Ray Train's rank 0 can write; storage "
+                           f"{store.root!r} is a URI: mount it (or use a shared volume) and pass the mounted path")
+    return Path(store.dir(ASSET, stage))
+
+
+def _require_gpus(train_cfg) -> None:
+    """A GPU run on a cluster without GPUs would wait forever for its workers: fail now, naming what is missing."""
+    import ray
+
+    from orchestration.ray_adapter import init_ray
+
+    init_ray()
+    if train_cfg.use_gpu and not os.environ.get("RAY_ADDRESS"):
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < train_cfg.num_workers:
+            raise RuntimeError(f"use_gpu with {train_cfg.num_workers} worker(s) needs as many GPUs; this Ray cluster "
+                               f"has {gpus:g}. Set dit_checkpoint's use_gpu: false (and num_workers) for a CPU run, "
+                               f"or point RAY_ADDRESS at a GPU cluster")
+
+
+@dg.asset(
+    partitions_def=curriculum_stages,
+    deps=[training_shards],
+    code_version=DIT_CODE_VERSION,
+    kinds={"ray", "pytorch"},
+    group_name="training",
+    check_specs=[
+        dg.AssetCheckSpec("loss_falls", asset=ASSET,
+                          description="the last logged losses of the stage are below its first logged loss"),
+        dg.AssetCheckSpec("checkpoint_loads", asset=ASSET,
+                          description="checkpoint.pt loads with weights_only=True at the configured step"),
+        dg.AssetCheckSpec("metrics_complete", asset=ASSET,
+                          description="metrics.jsonl has increasing steps up to the last one"),
+    ],
+)
+def dit_checkpoint(context: dg.AssetExecutionContext, config: DitCheckpointConfig, storage: StorageResource,
+                   ray_cluster: AtelierRay) -> dg.MaterializeResult:
+    """The DiT trained on this curriculum stage's shards, starting from the previous stage's checkpoint."""
+    store = storage.store()
+    stage = context.partition_key
+    with store.lock(f"{ASSET}-{stage}", owner=context.run.run_id):
+        return _train(context, config, store, stage)
+
+
+def _inputs(store: TableStore, stage: str) -> tuple[list[str], int, str | None, str | None]:
+    """(shard files, rows, previous checkpoint or None, previous stage's input id or None); fails naming the gap."""
+    shard_dir = store.dir(SHARDS, stage)
+    card = store.read_json(f"{shard_dir}/{SUCCESS_MARKER}")
+    if card is None:
+        raise RuntimeError(f"materialize training_shards partition {stage} before dit_checkpoint {stage}")
+    if not card.get("rows"):
+        raise RuntimeError(f"training_shards {stage} holds no rows (see its drop reasons): nothing to train on")
+    shards = store.list_parts(shard_dir)
+    index = STAGE_KEYS.index(stage)
+    if index == 0:
+        return shards, card["rows"], None, None
+    previous = STAGE_KEYS[index - 1]
+    done = store.read_json(f"{store.dir(ASSET, previous)}/{SUCCESS_MARKER}")
+    if done is None:
+        raise RuntimeError(f"dit_checkpoint {stage} starts from stage {previous}'s checkpoint: materialize "
+                           f"dit_checkpoint partition {previous} first")
+    return shards, card["rows"], done["checkpoint"], done["input_id"]
+
+
+def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) -> dg.MaterializeResult:
+    from orchestration.ray_train import run_ray_train
+    from training.trainer import load_checkpoint
+
+    out = _local_dir(store, stage)
+    model_cfg, train_cfg, recipe = config.configs(stage)
+    shards, rows, init_from, previous_input = _inputs(store, stage)
+    shard_ids = [(Path(p).name, (store.part_summary(p) or {}).get("input_id")) for p in shards]
+    input_id = _hash({"model": asdict(model_cfg), "train": asdict(train_cfg), "shards": shard_ids,
+                      "previous": previous_input, "code": DIT_CODE_VERSION})
+    out.mkdir(parents=True, exist_ok=True)
+    done = store.read_json(str(out / SUCCESS_MARKER))
+    if done and done.get("input_id") == input_id and (out / "checkpoint.pt").exists():
+        context.log.info(f"stage {stage}: already trained on these inputs ({done['steps']} steps); nothing to do")
+        result = {k: done[k] for k in ("steps", "final_loss", "samples_per_second", "params")}
+        result.update(checkpoint_path=str(out / "checkpoint.pt"), metrics_path=str(out / "metrics.jsonl"),
+                      preview_path=str(out / "samples.png") if (out / "samples.png").exists() else None)
+        reused = True
+    else:
+        started = store.read_json(str(out / INPUTS_MARKER))
+        if started and started.get("input_id") != input_id:  # not a resume: other data, config or starting weights
+            context.log.info(f"stage {stage}: inputs changed since the last run; training starts over")
+            for name in STATE_FILES:
+                (out / name).unlink(missing_ok=True)
+        (out / SUCCESS_MARKER).unlink(missing_ok=True)  # a killed run must not look finished
+        store.write_json(str(out / INPUTS_MARKER), {"input_id": input_id, "run_id": context.run.run_id})
+        _require_gpus(train_cfg)
+        context.log.info(f"stage {stage}: recipe {recipe}, model {config.model_size}, {rows} rows in "
+                         f"{len(shards)} shards, {train_cfg.steps} steps, from {init_from or 'scratch'}")
+        result = run_ray_train(model_cfg, train_cfg, shards, out, init_from=init_from, resume=True,
+                               cpus_per_worker=1.0)
+        reused = False
+
+    records = read_metrics(out / "metrics.jsonl")
+    fell, first, last = loss_fell(records)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    steps_logged = [r["step"] for r in records]
+    checks = [
+        dg.AssetCheckResult(check_name="loss_falls", passed=fell,
+                            metadata={"first_loss": first, "last_loss": last}),
+        dg.AssetCheckResult(check_name="checkpoint_loads", passed=int(ckpt["step"]) == train_cfg.steps
+                            and ckpt["model_config"] == asdict(model_cfg),
+                            metadata={"step": int(ckpt["step"])}),
+        dg.AssetCheckResult(check_name="metrics_complete",
+                            passed=bool(steps_logged) and steps_logged == sorted(set(steps_logged))
+                            and steps_logged[-1] == train_cfg.steps,
+                            metadata={"lines": len(records)}),
+    ]
+    if not reused:
+        store.write_json(str(out / SUCCESS_MARKER), {
+            "stage": stage, "recipe": recipe, "model_size": config.model_size, "input_id": input_id,
+            "checkpoint": str(out / "checkpoint.pt"), "init_from": init_from, "shards": shards, "rows": rows,
+            "steps": result["steps"], "final_loss": result["final_loss"], "params": result["params"],
+            "samples_per_second": result["samples_per_second"], "run_id": context.run.run_id})
+
+    curves = {}
+    for key in STAGE_KEYS[:STAGE_KEYS.index(stage) + 1]:  # the curriculum so far, each stage on its own steps
+        stage_records = records if key == stage else read_metrics(Path(store.dir(ASSET, key)) / "metrics.jsonl")
+        curves[key] = ([r["step"] for r in stage_records], [r["loss"] for r in stage_records])
+    metadata = {
+        "recipe": recipe, "model_size": config.model_size, "params": int(result["params"]),
+        "steps": int(result["steps"]), "first_loss": round(first, 5), "final_loss": round(last, 5),
+        "samples_per_second": round(float(result["samples_per_second"] or 0.0), 2), "trained_rows": rows,
+        "shards": len(shards), "init_from": init_from or "scratch", "reused": reused,
+        "loss_curve": dg.MetadataValue.md(png_markdown(loss_curve_plot(curves, f"DiT loss, stages up to {stage}"),
+                                                       "loss curve")),
+        "checkpoint": dg.MetadataValue.path(str(out / "checkpoint.pt")),
+    }
+    if result.get("preview_path") and Path(result["preview_path"]).exists():
+        grid = Path(result["preview_path"]).read_bytes()
+        metadata["samples"] = dg.MetadataValue.md(png_markdown(grid, "Euler samples with CFG, EMA weights"))
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
