@@ -1,4 +1,4 @@
-"""The `curate` command: run, demo, inspect, lineage, ui."""
+"""The `curate` command: run, demo, inspect, ocr, lineage, ui."""
 
 from __future__ import annotations
 
