@@ -1,10 +1,11 @@
-"""The `curate` command: run, demo, inspect, ocr, lineage, ui."""
+"""The `curate` command: run, demo, inspect, ocr, opt-out, lineage, ui."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -347,6 +348,202 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_URL_VALUE = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.I)
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def validate_opt_out(kind: str, value: str) -> str:
+    """The normalised value of a new opt-out request, or ValueError saying what is wrong with it."""
+    from curation.opt_out import normalise
+
+    norm = normalise(kind, value)
+    if not norm:
+        raise ValueError(f"empty {kind}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in norm):
+        raise ValueError(f"{kind} {value!r} contains control characters")
+    if kind == "sample_id" and not _HEX64.match(norm):
+        raise ValueError(f"sample id {value!r} is not a hex SHA-256 (64 hex digits)")
+    if kind == "url" and not _URL_VALUE.match(norm):
+        raise ValueError(f"url {value!r} is not an absolute URL (scheme://...); use --domain for a whole site")
+    if kind == "domain":
+        try:
+            ascii_host = norm.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_host = ""
+        labels = ascii_host.split(".")
+        if len(ascii_host) > 253 or len(labels) < 2 or not all(_HOST_LABEL.match(label) for label in labels):
+            raise ValueError(f"domain {value!r} is not a host name like example.com (got {norm!r})")
+    if kind == "artist" and len(norm) > 300:
+        raise ValueError(f"artist name is {len(norm)} characters long; at most 300")
+    return norm
+
+
+def _opt_out_candidates(store, request) -> Any:
+    """`source_images` rows (sample_id, source, source_uri, metadata) that might match `request`: a pushed-down
+    filter on the sample id, or a case-insensitive substring of the URL, domain or artist's first word."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    from curation.schema import SOURCE_IMAGES_SCHEMA
+
+    value = request.value
+    if request.kind == "sample_id":
+        condition = pads.field("sample_id") == value
+    else:
+        needle = value.split()[0] if request.kind == "artist" else value
+        if '"' in needle or "\\" in needle:  # JSON escapes these inside the metadata column: no pre-filter
+            condition = None
+        else:
+            condition = (pc.match_substring(pads.field("source_uri"), needle, ignore_case=True)
+                         | pc.match_substring(pads.field("metadata"), needle, ignore_case=True))
+    columns = ["sample_id", "source", "source_uri", "metadata"]
+    return store.read_table(store.asset_dir("source_images"), columns=columns, filter=condition,
+                            schema=SOURCE_IMAGES_SCHEMA)
+
+
+def opt_out_effect(store, request) -> dict[str, Any]:
+    """What honouring `request` changes at the next run: the ingested samples it covers, which of them are curated
+    now (kept by `rebalanced_images`) and in which curriculum stages' shards they are."""
+    import pyarrow.dataset as pads
+
+    from curation.opt_out import OptOutList
+
+    single = OptOutList([request])
+    candidates = _opt_out_candidates(store, request)
+    covered: dict[str, list[str]] = {}
+    for row in candidates.to_pylist():
+        if single.match(row["sample_id"], row["source_uri"], row["metadata"]):
+            covered.setdefault(row["sample_id"], []).append(row["source_uri"])
+    ids = sorted(covered)
+    curated: set[str] = set()
+    shards: dict[str, list[str]] = {}
+    if ids:
+        within = pads.field("sample_id").isin(ids)
+        rebalanced = store.read_table(store.dir("rebalanced_images"), columns=["sample_id", "kept"], filter=within)
+        curated = {r["sample_id"] for r in rebalanced.to_pylist() if r["kept"]}
+        for stage in store.list_partitions("training_shards"):
+            rows = store.read_table(store.dir("training_shards", stage), columns=["sample_id"], filter=within)
+            for sid in set(rows.column("sample_id").to_pylist()) if rows.num_rows else ():
+                shards.setdefault(sid, []).append(stage)
+    samples = [{"sample_id": sid, "source_uris": covered[sid], "curated": sid in curated,
+                "shard_stages": sorted(shards.get(sid, []), key=lambda s: (len(s), s))} for sid in ids]
+    return {"samples": samples, "curated": len(curated), "in_shards": len(shards)}
+
+
+def _describe_opt_out(request) -> str:
+    extra = ", ".join(p for p in (f"reason: {request.reason}" if request.reason else "",
+                                  f"by {request.added_by}" if request.added_by else "",
+                                  f"at {request.added_at}" if request.added_at else "") if p)
+    return f"{request.kind} {request.value!r}" + (f" ({extra})" if extra else "")
+
+
+def cmd_opt_out_add(args: argparse.Namespace) -> int:
+    import time
+
+    from curation.opt_out import make, normalise
+    from orchestration.opt_outs import add_opt_outs, list_path, load_opt_outs
+    from orchestration.storage import TableStore
+
+    kind, raw = next((k, v) for k, v in (("sample_id", args.sample_id), ("url", args.url), ("domain", args.domain),
+                                         ("artist", args.artist)) if v is not None)
+    try:
+        value = validate_opt_out(kind, raw)
+    except ValueError as exc:
+        print(f"curate opt-out add: {exc}", file=sys.stderr)
+        return 2
+    reason = " ".join((args.reason or "").split())
+    added_by = args.added_by if args.added_by is not None else _user()
+    store = TableStore(args.storage)
+    request = make(kind, value, reason=reason, added_by=added_by)
+    for attempt in range(50):  # another `add` holds the list for a moment at most
+        try:
+            with store.lock("opt_out", owner=f"curate opt-out add ({added_by})"):
+                existing = next((e for e in load_opt_outs(store).entries
+                                 if e.kind == kind and normalise(kind, e.value) == value), None)
+                if existing is None:
+                    add_opt_outs(store, [request])
+            break
+        except (ValueError, FileNotFoundError) as exc:  # a malformed list is reported, never rewritten
+            print(f"curate opt-out add: {exc}; nothing was added", file=sys.stderr)
+            return 2
+        except RuntimeError:
+            if attempt == 49:
+                raise
+            time.sleep(0.2)
+    where = store.uri(list_path(store))
+    if existing is not None:
+        print(f"already listed: {_describe_opt_out(existing)}; {where} is unchanged")
+        return 0
+    print(f"added to {where}: {_describe_opt_out(request)}")
+    effect = None if args.no_preview else opt_out_effect(store, request)
+    print(_opt_out_plan(args.storage, effect))
+    return 0
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def _opt_out_plan(storage: str, effect: dict[str, Any] | None, limit: int = 20) -> str:
+    lines = []
+    if effect is not None:
+        samples = effect["samples"]
+        lines.append(f"it covers {len(samples)} ingested sample(s) now: {effect['curated']} curated, "
+                     f"{effect['in_shards']} in training shards")
+        for s in samples[:limit]:
+            where = "curated" if s["curated"] else "not curated"
+            if s["shard_stages"]:
+                where += ", in shards of stage " + ", ".join(s["shard_stages"])
+            lines.append(f"  {s['sample_id']}  {s['source_uris'][0]}  ({where})")
+        if len(samples) > limit:
+            lines.append(f"  ... and {len(samples) - limit} more")
+    lines.append(f"on the next `curate run --storage {storage}` (nothing changes before it):")
+    lines.append("  - source_images refuses new inputs it covers (decision opt_out / opted_out)")
+    lines.append("  - rebalanced_images is recomputed (the list changed) and drops the curated samples it covers, "
+                 "each with an opt_out / opted_out decision naming this request")
+    lines.append("  - training_shards re-applies the list in every curriculum stage: no covered sample stays in a "
+                 "shard")
+    return "\n".join(lines)
+
+
+def cmd_opt_out_list(args: argparse.Namespace) -> int:
+    import pyarrow.dataset as pads
+
+    from orchestration.opt_outs import load_opt_outs
+    from orchestration.storage import TableStore
+
+    store = TableStore(args.storage)
+    entries = load_opt_outs(store).entries
+    # how many samples each request has removed so far (ledger rows of stage opt_out, read with a filter)
+    ledger = store.read_decisions(filter=pads.field("stage") == "opt_out")
+    honoured: dict[tuple[str, str], set[str]] = {}
+    for d in ledger.select(["sample_id", "details"]).to_pylist():
+        details = json.loads(d["details"] or "{}")
+        honoured.setdefault((details.get("kind"), details.get("value")), set()).add(d["sample_id"])
+    rows = [{"kind": e.kind, "value": e.value, "reason": e.reason, "added_by": e.added_by, "added_at": e.added_at,
+             "samples_removed": len(honoured.get((e.kind, e.value), ()))} for e in entries]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    if not rows:
+        print(f"no opt-out requests for {args.storage}")
+        return 0
+    for row in rows:
+        extra = "  ".join(p for p in (row["reason"] and f"reason: {row['reason']}",
+                                      row["added_by"] and f"by {row['added_by']}", row["added_at"]) if p)
+        print(f"{row['kind']:<9}  {row['value']}  [{row['samples_removed']} sample(s) removed so far]"
+              + (f"  {extra}" if extra else ""))
+    print(f"{len(rows)} request(s)")
+    return 0
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     from orchestration.lineage import find_lineage, format_lineage
 
@@ -404,6 +601,24 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("--det-model-dir", help="PaddleOCR detection model directory (paddleocr backend)")
     ocr.add_argument("--rec-model-dir", help="PaddleOCR recognition model directory (paddleocr backend)")
     ocr.set_defaults(func=cmd_ocr)
+
+    opt_out = sub.add_parser("opt-out", help="the opt-out list (<storage>/_opt_out.csv): add or list requests")
+    opt_sub = opt_out.add_subparsers(dest="opt_out_command", required=True)
+    add = opt_sub.add_parser("add", help="record a request; the next `curate run` removes what it covers")
+    add.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
+    what = add.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sample-id", help="a sample id (hex SHA-256 of the image bytes)")
+    what.add_argument("--url", help="a source URL, matched exactly (source_uri or a URL in the metadata)")
+    what.add_argument("--domain", help="a host and all its subdomains, e.g. example.com")
+    what.add_argument("--artist", help="an artist/creator/author name in the metadata (case-insensitive)")
+    add.add_argument("--reason", default="", help="why (ticket, request id); copied into the decisions")
+    add.add_argument("--added-by", help="who records it (default: the current user)")
+    add.add_argument("--no-preview", action="store_true", help="skip listing the samples it covers now")
+    add.set_defaults(func=cmd_opt_out_add)
+    listing = opt_sub.add_parser("list", help="every request, and how many samples each has removed so far")
+    listing.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(func=cmd_opt_out_list)
 
     lineage = sub.add_parser("lineage", help="everything known about one sample")
     lineage.add_argument("sample", metavar="SAMPLE_ID_OR_PATH")
