@@ -7,6 +7,7 @@ from assets.deduplicated_images import deduplicated_images
 from assets.dit_checkpoint import dit_checkpoint
 from assets.exclusion_signals import exclusion_signals
 from assets.image_features import image_features
+from assets.midtraining_candidates import midtraining_candidates
 from assets.ocr_annotations import ocr_annotations
 from assets.prompt_variants import prompt_expansion_pairs, prompt_variants
 from assets.rebalanced_images import rebalanced_images
@@ -15,8 +16,8 @@ from assets.training_shards import training_shards
 
 ALL_ASSETS = [source_images, image_features, ai_image_probe, exclusion_signals, deduplicated_images,
               rebalanced_images, ocr_annotations, captions, prompt_variants, prompt_expansion_pairs, training_shards,
-              dit_checkpoint, dataset_card, dataset_audit]
+              midtraining_candidates, dit_checkpoint, dataset_card, dataset_audit]
 
 __all__ = ["ALL_ASSETS", "ai_image_probe", "captions", "dataset_audit", "dataset_card", "deduplicated_images",
-           "dit_checkpoint", "exclusion_signals", "image_features", "ocr_annotations", "prompt_expansion_pairs",
-           "prompt_variants", "rebalanced_images", "source_images", "training_shards"]
+           "dit_checkpoint", "exclusion_signals", "image_features", "midtraining_candidates", "ocr_annotations",
+           "prompt_expansion_pairs", "prompt_variants", "rebalanced_images", "source_images", "training_shards"]

@@ -555,6 +555,37 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from orchestration import review
+    from orchestration.storage import TableStore
+
+    store = TableStore(args.storage)
+    try:
+        if args.review_command == "list":
+            rows = review.review_rows(store, args.status)
+            if args.json:
+                for row in rows:
+                    print(json.dumps(row, ensure_ascii=False, default=str))
+            else:
+                print(review.format_rows(rows))
+            return 0
+        if args.review_command == "import":
+            verdicts = review.import_csv(store, args.csv, args.reviewer)
+        else:
+            verdicts = review.record(store, args.ids, args.review_command, args.reviewer, args.note)
+    except review.ReviewError as exc:
+        print(f"curate review {args.review_command}: {exc}", file=sys.stderr)
+        return 1
+    kinds = {k: sum(v.verdict == k for v in verdicts) for k in ("accept", "reject")}
+    print(f"recorded {len(verdicts)} verdict(s) ({kinds['accept']} accept, {kinds['reject']} reject) by "
+          f"{', '.join(sorted({v.reviewer for v in verdicts}))} in {store.uri(store.dir(review.REVIEW_LOG))}")
+    for v in verdicts:
+        print(f"  {v.verdict:<6}  {v.sample_id}  {v.time.isoformat()}" + (f"  ({v.note})" if v.note else ""))
+    print(f"they apply at the next materialization: curate run --select midtraining_candidates --storage "
+          f"{args.storage}")
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     storage = str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage
     env = dict(os.environ, ATELIER_STORAGE=storage)
@@ -625,6 +656,23 @@ def build_parser() -> argparse.ArgumentParser:
     lineage.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
     lineage.add_argument("--json", action="store_true")
     lineage.set_defaults(func=cmd_lineage)
+
+    rev = sub.add_parser("review", help="review the midtraining candidates: list, accept, reject, import a CSV")
+    rev_sub = rev.add_subparsers(dest="review_command", required=True)
+    rev_list = rev_sub.add_parser("list", help="candidates and reviewed samples with their status")
+    rev_list.add_argument("--status", choices=["pending", "accepted", "rejected", "all"], default="all")
+    rev_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    for verb in ("accept", "reject"):
+        rev_verb = rev_sub.add_parser(verb, help=f"{verb} samples (full ids or unique prefixes)")
+        rev_verb.add_argument("ids", nargs="+", metavar="ID")
+        rev_verb.add_argument("--note", help="a note stored with each verdict")
+    rev_import = rev_sub.add_parser("import", help="verdicts from a CSV: sample_id,verdict[,note][,reviewer]")
+    rev_import.add_argument("csv", metavar="VERDICTS_CSV")
+    for rev_cmd in rev_sub.choices.values():
+        rev_cmd.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
+        if rev_cmd is not rev_list:
+            rev_cmd.add_argument("--reviewer", help="who decides (default: $USER); a CSV's reviewer column wins")
+        rev_cmd.set_defaults(func=cmd_review)
 
     ui = sub.add_parser("ui", help="the Dagster UI over a storage root")
     ui.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
