@@ -184,7 +184,8 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
     ckpt = load_checkpoint(out / "checkpoint.pt")
     steps_logged = [r["step"] for r in records]
     checks = [
-        dg.AssetCheckResult(check_name="loss_falls", passed=fell,
+        # a warning, not an error: a later stage that starts from a converged checkpoint may legitimately plateau
+        dg.AssetCheckResult(check_name="loss_falls", passed=fell, severity=dg.AssetCheckSeverity.WARN,
                             metadata={"first_loss": first, "last_loss": last}),
         dg.AssetCheckResult(check_name="checkpoint_loads", passed=int(ckpt["step"]) == train_cfg.steps
                             and ckpt["model_config"] == asdict(model_cfg),

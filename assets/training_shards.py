@@ -87,13 +87,14 @@ def shard_part(task: tuple) -> dict:
     return summary
 
 
-def _eligibility(store: TableStore, stage: str) -> dict[str, bool]:
-    """source_uri -> eligible for this stage (per the exclusion filters); stages they do not know are all eligible."""
+def _eligibility(store: TableStore, stage: str, size: int) -> dict[str, bool]:
+    """source_uri -> eligible for this stage per the exclusion filters: their `eligible_<size>` column (the stage's
+    pixel size), else `eligible_<stage key>`; images measured for neither are eligible."""
     out: dict[str, bool] = {}
-    column = f"eligible_{stage}"
     for partition in store.list_partitions(EXCLUSION):
         table = store.read_table(store.dir(EXCLUSION, partition))
-        if column in table.column_names:
+        column = next((c for c in (f"eligible_{size}", f"eligible_{stage}") if c in table.column_names), None)
+        if column:
             out.update(zip(table.column("source_uri").to_pylist(), table.column(column).to_pylist(), strict=True))
     return out
 
@@ -128,7 +129,7 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
         raise RuntimeError("materialize rebalanced_images (and its upstream assets) before training_shards")
     kept = curated.filter(curated.column("kept")).to_pylist()
     variants = {r["sample_id"]: r for r in current_rows(store, VARIANTS, [r["sample_id"] for r in kept]).to_pylist()}
-    eligible = _eligibility(store, stage)
+    eligible = _eligibility(store, stage, shard_config.size)
     opt_outs = load_opt_outs(store)
     source_of = {r["sample_id"]: r["source"] for r in kept}
     metadata_of = {}

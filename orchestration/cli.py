@@ -132,7 +132,8 @@ def run_pipeline(sources: list[str], storage: str, config: dict[str, Any] | None
             })
         for evaluation in result.get_asset_check_evaluations():
             summaries.append({"check": evaluation.check_name, "asset": evaluation.asset_key.to_user_string(),
-                              "partition": partition, "passed": evaluation.passed})
+                              "partition": partition, "passed": evaluation.passed,
+                              "severity": getattr(evaluation.severity, "value", "ERROR")})
     return summaries
 
 
@@ -173,17 +174,28 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", getattr(value, "path", getattr(value, "text", value)))
 
 
+def checks_passed(summaries: list[dict[str, Any]]) -> bool:
+    """No failed check of ERROR severity (a failed WARN check, such as a plateauing loss, is reported, not fatal)."""
+    return all(s.get("passed", True) or s.get("severity") == "WARN" for s in summaries)
+
+
 def print_summary(summaries: list[dict[str, Any]], out=None) -> None:
     """A table of what each asset partition kept and dropped, and whether its checks passed."""
     out = out or sys.stdout
-    checks = {(s["asset"], s["partition"], s["check"]): s["passed"] for s in summaries if "check" in s}
+    checks = {(s["asset"], s["partition"], s["check"]): s["passed"] for s in summaries
+              if "check" in s and s.get("severity") != "WARN"}
+    warns = {(s["asset"], s["partition"], s["check"]): s["passed"] for s in summaries
+             if "check" in s and s.get("severity") == "WARN"}
     print(f"{'asset':<22} {'partition':<28} {'in':>6} {'kept':>6} {'dropped':>8}  checks  drop reasons", file=out)
     for s in summaries:
         if "check" in s:
             continue
         meta = s["metadata"]
         mine = [ok for (a, p, _), ok in checks.items() if a == s["asset"] and p == s["partition"]]
+        warned = [ok for (a, p, _), ok in warns.items() if a == s["asset"] and p == s["partition"]]
         status = "ok" if mine and all(mine) else ("FAIL" if mine else "-")
+        if status != "FAIL" and not all(warned):
+            status = "warn"
         reasons = ", ".join(f"{k[len('dropped_'):]}={v}" for k, v in meta.items() if k.startswith("dropped_"))
         if "curated_total" in meta:  # incremental assets: what this run added and what the whole set holds now
             reasons = f"[{meta['curated_total']} curated in all] {reasons}".strip()
@@ -204,7 +216,7 @@ def print_summary(summaries: list[dict[str, Any]], out=None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     summaries = run_pipeline(args.source or [], args.storage, load_config(args.config), args.select)
     print_summary(summaries)
-    return 0 if all(s.get("passed", True) for s in summaries) else 1
+    return 0 if checks_passed(summaries) else 1
 
 
 def demo_sources() -> list[str]:
@@ -232,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"{curated if curated is not None else '?'} curated in all; every removal is in the decisions ledger.")
     print(f"Explore: curate lineage <sample_id or path> --storage {args.storage}   |   "
           f"curate ui --storage {args.storage}")
-    return 0 if all(s.get("passed", True) for s in summaries) else 1
+    return 0 if checks_passed(summaries) else 1
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
