@@ -70,7 +70,15 @@ def load_probe(store: TableStore) -> Probe | None:
     return Probe.from_json(blob.decode()) if blob else None
 
 
-@dg.asset(code_version=PROBE_CODE_VERSION, kinds={"numpy"}, group_name="filters")
+MIN_LABELS, MIN_AUC = 100, 0.8
+
+
+@dg.asset(code_version=PROBE_CODE_VERSION, kinds={"numpy"}, group_name="filters", check_specs=[
+    dg.AssetCheckSpec("stored_probe_loads", asset="ai_image_probe",
+                      description="the probe exclusion_signals will use loads back as the version just trained"),
+    dg.AssetCheckSpec("held_out_quality", asset="ai_image_probe",
+                      description=f"at least {MIN_LABELS} labelled images per class and held-out AUC >= {MIN_AUC}"),
+])
 def ai_image_probe(context: dg.AssetExecutionContext, config: AiImageProbeConfig,
                    storage: StorageResource) -> dg.MaterializeResult:
     """Logistic regression on frozen image embeddings of labelled AI / real folders, with held-out metrics."""
@@ -86,7 +94,18 @@ def ai_image_probe(context: dg.AssetExecutionContext, config: AiImageProbeConfig
     store.write_bytes(posixpath.join(directory, CURRENT), probe.to_json().encode())  # the one exclusion uses
     held = probe.metrics["held_out"]
     context.log.info(f"probe {probe.version}: {len(ai)} AI / {len(real)} real images, held-out AUC {held['auc']}")
-    return dg.MaterializeResult(metadata={
+    stored = load_probe(store)
+    auc = held["auc"]
+    checks = [
+        dg.AssetCheckResult(check_name="stored_probe_loads", passed=stored is not None
+                            and stored.version == probe.version, metadata={"version": probe.version}),
+        # a warning: a small labelled set still gives a usable (if weak) signal, and the demo has one on purpose
+        dg.AssetCheckResult(check_name="held_out_quality", severity=dg.AssetCheckSeverity.WARN,
+                            passed=min(len(ai), len(real)) >= MIN_LABELS and auc is not None and auc >= MIN_AUC,
+                            metadata={"n_ai": len(ai), "n_real": len(real),
+                                      "held_out_auc": auc if auc is not None else float("nan")}),
+    ]
+    return dg.MaterializeResult(check_results=checks, metadata={
         "version": probe.version,
         "embedding_model": probe.embedding_model,
         "n_ai": len(ai), "n_real": len(real), "skipped": skipped_ai + skipped_real,

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import dagster as dg
 import pyarrow as pa
+from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.ocr_annotations import ASSET as OCR
@@ -16,7 +17,7 @@ from curation.decisions import Decision, StageCounts, decisions_table
 from curation.image_io import load_rgb
 from curation.stage import ModelStage, StageResources
 from orchestration.ray_adapter import Throughput, run_units_on_actors
-from orchestration.resources import AtelierRay, ModelSettings, StorageResource
+from orchestration.resources import ModelSettings, StorageResource
 from orchestration.sample_parts import current_rows, plan_sample_parts, read_images
 from orchestration.storage import SUCCESS_MARKER
 
@@ -151,7 +152,7 @@ def caption_part(stage: ModelStage, task: tuple) -> dict:
     ],
 )
 def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage: StorageResource,
-             models: ModelSettings, ray_cluster: AtelierRay) -> dg.MaterializeResult:
+             models: ModelSettings, ray_cluster: RayResource) -> dg.MaterializeResult:
     """Captions built in steps (OCR, metadata, a captioner), grounded and with their provenance."""
     store = storage.store()
     captioner_config = config.to_captioner_config(models)

@@ -15,12 +15,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import dagster as dg
+from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.training_shards import ASSET as SHARDS
 from assets.training_shards import STAGE_KEYS, curriculum_stages, training_shards
 from curation.plots import loss_curve_plot, png_markdown
-from orchestration.resources import AtelierRay, StorageResource
+from orchestration.resources import StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "dit_checkpoint"
@@ -118,7 +119,7 @@ def _require_gpus(train_cfg) -> None:
     ],
 )
 def dit_checkpoint(context: dg.AssetExecutionContext, config: DitCheckpointConfig, storage: StorageResource,
-                   ray_cluster: AtelierRay) -> dg.MaterializeResult:
+                   ray_cluster: RayResource) -> dg.MaterializeResult:
     """The DiT trained on this curriculum stage's shards, starting from the previous stage's checkpoint."""
     store = storage.store()
     stage = context.partition_key

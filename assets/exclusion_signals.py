@@ -8,6 +8,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.ai_image_probe import ai_image_probe, load_probe
@@ -20,7 +21,7 @@ from curation.features import embedding_matrix
 from curation.probe import Probe
 from curation.quality import QualityConfig
 from orchestration.ray_adapter import Throughput, run_units
-from orchestration.resources import AtelierRay, StorageResource
+from orchestration.resources import StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "exclusion_signals"
@@ -108,7 +109,7 @@ def exclusion_for_part(task: tuple) -> dict:
                                    description="every source image assessed; excluded = dropped in the ledger")],
 )
 def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignalsConfig, storage: StorageResource,
-                      ray_cluster: AtelierRay) -> dg.MaterializeResult:
+                      ray_cluster: RayResource) -> dg.MaterializeResult:
     """AI-generated (metadata, C2PA, SDXL watermark, stealth payload), NSFW and artifact signals; stage eligibility."""
     partition = context.partition_key
     store: TableStore = storage.store()

@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.source_images import source_drops, source_images
@@ -15,7 +16,7 @@ from curation.embedding import EmbeddingConfig
 from curation.features import FEATURES_CODE_VERSION, PASS_THROUGH, FeatureConfig, FeatureExtractor
 from curation.stage import StageResources
 from orchestration.ray_adapter import Throughput, run_units_on_actors
-from orchestration.resources import AtelierRay, ModelSettings, StorageResource
+from orchestration.resources import ModelSettings, StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "image_features"
@@ -84,7 +85,7 @@ def features_for_part(stage: FeatureExtractor, task: tuple) -> dict:
                                    description="one features row per source_images row, same sample ids")],
 )
 def image_features(context: dg.AssetExecutionContext, config: ImageFeaturesConfig, storage: StorageResource,
-                   ray_cluster: AtelierRay, models: ModelSettings) -> dg.MaterializeResult:
+                   ray_cluster: RayResource, models: ModelSettings) -> dg.MaterializeResult:
     """pHash/dHash (+ the pHash of each of 8 orientations), an L2-normalised float16 embedding and the NSFW score."""
     partition = context.partition_key
     store: TableStore = storage.store()

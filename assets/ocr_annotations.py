@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import dagster as dg
 import pyarrow as pa
+from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.rebalanced_images import ASSET as REBALANCED
@@ -15,7 +16,7 @@ from curation.decisions import Decision, StageCounts, decisions_table
 from curation.image_io import load_rgb
 from curation.stage import ModelStage, StageResources
 from orchestration.ray_adapter import Throughput, run_units_on_actors
-from orchestration.resources import AtelierRay, ModelSettings, StorageResource
+from orchestration.resources import ModelSettings, StorageResource
 from orchestration.sample_parts import current_rows, plan_sample_parts, read_images
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
@@ -117,7 +118,7 @@ def group_by_source(ids: list[str], source: dict[str, str]) -> dict[str, list[st
                                    description="no kept line below the confidence threshold")],
 )
 def ocr_annotations(context: dg.AssetExecutionContext, config: OcrAnnotationsConfig, storage: StorageResource,
-                    models: ModelSettings, ray_cluster: AtelierRay) -> dg.MaterializeResult:
+                    models: ModelSettings, ray_cluster: RayResource) -> dg.MaterializeResult:
     """Full text in reading order and lines with box, score and language, for every curated image."""
     store = storage.store()
     ocr_config = config.to_ocr_config(models)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import dagster as dg
 import pyarrow as pa
+from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.captions import ASSET as CAPTIONS
@@ -15,7 +16,7 @@ from assets.ocr_annotations import curated_refs
 from captioning.variants import VARIANT_KINDS, VariantConfig, check_variant, expansion_pairs, rewrite_batch
 from curation.stage import ModelStage, StageResources
 from orchestration.ray_adapter import Throughput, run_units_on_actors
-from orchestration.resources import AtelierRay, ModelSettings, StorageResource
+from orchestration.resources import ModelSettings, StorageResource
 from orchestration.sample_parts import current_rows, plan_sample_parts
 from orchestration.storage import SUCCESS_MARKER
 
@@ -122,7 +123,7 @@ def variants_part(stage: ModelStage, task: tuple) -> dict:
     ],
 )
 def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsConfig, storage: StorageResource,
-                    models: ModelSettings, ray_cluster: AtelierRay) -> dg.MaterializeResult:
+                    models: ModelSettings, ray_cluster: RayResource) -> dg.MaterializeResult:
     """Each caption rewritten as tags, short (<= 12 words), medium (~30 words) and long."""
     store = storage.store()
     variant_config = config.to_variant_config(models)

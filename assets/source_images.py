@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import dagster as dg
 import pyarrow.dataset as pads
+from dagster_ray import RayResource
 from pydantic import Field
 
 from curation.decisions import StageCounts, decisions_table
@@ -15,7 +16,7 @@ from curation.opt_out import OptOutList
 from curation.sources import ReadLimits, WorkUnit, plan_units
 from orchestration.opt_outs import load_opt_outs
 from orchestration.ray_adapter import Throughput, run_units
-from orchestration.resources import AtelierRay, StorageResource
+from orchestration.resources import StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "source_images"
@@ -99,7 +100,7 @@ def verify_accounting(store: TableStore, partition: str, n_units: int) -> tuple[
                                    description="inputs = kept rows + dropped rows, each drop with a reason")],
 )
 def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig, storage: StorageResource,
-                  ray_cluster: AtelierRay) -> dg.MaterializeResult:
+                  ray_cluster: RayResource) -> dg.MaterializeResult:
     """Every input of one source drop: original bytes, decoded facts and all metadata; refusals go to decisions."""
     partition = context.partition_key
     store = storage.store()

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+from dagster_ray import RayResource
 from PIL import Image
 from pydantic import Field
 
@@ -22,7 +23,7 @@ from curation.opt_out import opt_out_decision
 from curation.shards import SHARD_CODE_VERSION, SHARD_SCHEMA, VARIANT_KINDS, ShardConfig, aspect_buckets, prepare
 from orchestration.opt_outs import load_opt_outs
 from orchestration.ray_adapter import Throughput, run_units
-from orchestration.resources import AtelierRay, StorageResource
+from orchestration.resources import StorageResource
 from orchestration.sample_parts import current_rows, read_images
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
@@ -114,7 +115,7 @@ def _eligibility(store: TableStore, stage: str, size: int) -> dict[str, bool]:
     ],
 )
 def training_shards(context: dg.AssetExecutionContext, config: TrainingShardsConfig, storage: StorageResource,
-                    ray_cluster: AtelierRay) -> dg.MaterializeResult:
+                    ray_cluster: RayResource) -> dg.MaterializeResult:
     """Eligible kept samples of one curriculum stage, bucketed by aspect ratio, with prompt variants and provenance."""
     store = storage.store()
     stage = context.partition_key

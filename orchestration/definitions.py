@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets import ALL_ASSETS
 from orchestration.automation import SourceWatch, ingest_job, recuration_schedule, source_drop_sensor
-from orchestration.resources import AtelierRay, ModelSettings, StorageResource
+from orchestration.resources import ModelSettings, StorageResource, ray_resource
 
 
 def build_resources(storage_root: str | None = None, ray_num_cpus: int | None = None) -> dict[str, object]:
@@ -14,7 +14,7 @@ def build_resources(storage_root: str | None = None, ray_num_cpus: int | None = 
     storage = StorageResource(root=storage_root) if storage_root else StorageResource()
     return {
         "storage": storage,
-        "ray_cluster": AtelierRay(num_cpus=ray_num_cpus),
+        "ray_cluster": ray_resource(ray_num_cpus),
         "models": ModelSettings(),
         "source_watch": SourceWatch(),
     }

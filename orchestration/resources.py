@@ -65,6 +65,37 @@ class AtelierRay(LocalRay):
         self._started = False
 
 
+KUBERAY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy",
+                              "dagster-ray-kuberay.yaml")
+
+
+def ray_resource(num_cpus: int | None = None) -> Any:
+    """The `ray_cluster` resource named by `ATELIER_RAY`.
+
+    `local` (default): `AtelierRay`, an embedded cluster or the one `RAY_ADDRESS` names (the long-lived KubeRay
+    cluster of deploy/kuberay). `kuberay`: dagster-ray's `KubeRayInteractiveJob`, one RayJob cluster per run, built
+    from `resources.ray_cluster.config` of `ATELIER_KUBERAY_CONFIG` (default deploy/dagster-ray-kuberay.yaml).
+    """
+    mode = os.environ.get("ATELIER_RAY", "local")
+    if mode == "local":
+        return AtelierRay(num_cpus=num_cpus)
+    if mode != "kuberay":
+        raise ValueError(f"ATELIER_RAY={mode!r}: expected 'local' or 'kuberay'")
+    import yaml
+    from dagster_ray.kuberay import KubeRayInteractiveJob
+
+    path = os.environ.get("ATELIER_KUBERAY_CONFIG", KUBERAY_CONFIG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"ATELIER_RAY=kuberay needs the dagster-ray config {path} (ATELIER_KUBERAY_CONFIG)")
+    with open(path, encoding="utf-8") as f:
+        document = yaml.safe_load(f) or {}
+    try:
+        config = document["resources"]["ray_cluster"]["config"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: no resources.ray_cluster.config section") from exc
+    return KubeRayInteractiveJob(**config)
+
+
 class ModelSettings(dg.ConfigurableResource):
     """Where model weights come from and where models run. Nothing is ever downloaded."""
 

@@ -413,3 +413,22 @@ def test_no_credentials_in_any_deploy_file(path):
     for pattern, what in CREDENTIAL_TEXT:
         match = pattern.search(text)
         assert match is None, f"{path.relative_to(REPO)} contains {what}: {match.group(0)!r}"
+
+
+def test_atelier_ray_selects_the_ray_cluster_resource(monkeypatch, tmp_path):
+    from dagster_ray.kuberay import KubeRayInteractiveJob
+
+    from orchestration.resources import AtelierRay, ray_resource
+
+    monkeypatch.delenv("ATELIER_RAY", raising=False)
+    assert isinstance(ray_resource(2), AtelierRay)
+    monkeypatch.setenv("ATELIER_RAY", "kuberay")
+    resource = ray_resource()
+    assert isinstance(resource, KubeRayInteractiveJob)  # built offline: nothing connects until a run starts
+    assert resource.ray_job.metadata["namespace"] == "atelier" and resource.timeout == 1200
+    monkeypatch.setenv("ATELIER_KUBERAY_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(FileNotFoundError, match="ATELIER_KUBERAY_CONFIG"):
+        ray_resource()
+    monkeypatch.setenv("ATELIER_RAY", "slurm")
+    with pytest.raises(ValueError, match="expected 'local' or 'kuberay'"):
+        ray_resource()
