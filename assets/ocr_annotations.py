@@ -21,7 +21,7 @@ from orchestration.sample_parts import current_rows, plan_sample_parts, read_ima
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "ocr_annotations"
-OCR_CODE_VERSION = "ocr-1"
+OCR_CODE_VERSION = "ocr-2"
 
 LINE = pa.struct([("text", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.list_(pa.float32()))),
                   ("language", pa.string())])
@@ -41,6 +41,8 @@ class OcrAnnotationsConfig(dg.Config):
 
     backend: str = Field(default="rapidocr", description="'rapidocr' (embedded PP-OCRv6) or 'paddleocr' (local dirs).")
     min_score: float = Field(default=OcrConfig.min_score, description="Lines below this confidence are dropped.")
+    min_short_score: float = Field(default=OcrConfig.min_short_score,
+                                   description="Confidence needed by readings of fewer than two letters/digits.")
     det_model_dir: str | None = Field(default=None, description="PaddleOCR detection model dir (paddleocr backend).")
     rec_model_dir: str | None = Field(default=None, description="PaddleOCR recognition model dir (paddleocr backend).")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
@@ -50,7 +52,7 @@ class OcrAnnotationsConfig(dg.Config):
 
     def to_ocr_config(self, models: ModelSettings) -> OcrConfig:
         """The one conversion from Dagster config to the pure config."""
-        return OcrConfig(backend=self.backend, min_score=self.min_score,
+        return OcrConfig(backend=self.backend, min_score=self.min_score, min_short_score=self.min_short_score,
                          det_model_dir=models.resolve(self.det_model_dir),
                          rec_model_dir=models.resolve(self.rec_model_dir),
                          device=models.device_for(self.device, self.num_gpus_per_actor),

@@ -57,6 +57,9 @@ class OcrConfig:
     """'rapidocr' (embedded PP-OCRv6 ONNX models, offline) or 'paddleocr' (PaddleOCR 3.x, local model dirs)."""
     min_score: float = 0.6
     """Lines whose recognition confidence (mean character probability) is below this are dropped and counted."""
+    min_short_score: float = 0.9
+    """Readings with fewer than two letters or digits ("8", "m", one CJK glyph) need this confidence: on photos,
+    texture read as a lone glyph scores 0.6-0.8, and every kept line becomes a quote the caption must contain."""
     det_max_side: int = 1280
     """The detector sees a copy whose longer side is at most this many pixels (cost grows with area)."""
     det_min_side: int = 640
@@ -209,14 +212,16 @@ def reading_order(boxes: Sequence[np.ndarray]) -> list[int]:
     return [i for row in rows for i in sorted(row, key=lambda j: (extents[j][0], extents[j][1]))]
 
 
-def _finish(texts: Sequence[str], scores: Sequence[float], boxes: Sequence[np.ndarray], min_score: float) -> OcrResult:
-    """Drop empty and low-confidence readings, sort into reading order, tag scripts."""
+def _finish(texts: Sequence[str], scores: Sequence[float], boxes: Sequence[np.ndarray], min_score: float,
+            min_short_score: float = 0.0) -> OcrResult:
+    """Drop empty and low-confidence readings (short ones need `min_short_score`), sort into reading order, tag
+    scripts."""
     keep, dropped = [], 0
     for text, score, box in zip(texts, scores, boxes, strict=True):
         text = text.strip()
         if not text:
             continue
-        if score < min_score:
+        if score < min_score or score < min_short_score and sum(c.isalnum() for c in text) < 2:
             dropped += 1
             continue
         keep.append((text, float(score), np.asarray(box, dtype=np.float64).reshape(4, 2)))
@@ -433,7 +438,7 @@ class RapidOcrEngine:
             margins.append(cfg.second_margin)
         readings = [self._recognise([crop_line(rgb, q, m, cfg.rec_height) for q in quads]) for m in margins]
         best = [max((r[i] for r in readings), key=lambda t: t[1]) for i in range(len(quads))]
-        return _finish([b[0] for b in best], [b[1] for b in best], quads, cfg.min_score)
+        return _finish([b[0] for b in best], [b[1] for b in best], quads, cfg.min_score, cfg.min_short_score)
 
     def read_line(self, image: Image.Image) -> OcrLine:
         """Recognise an image known to hold one line of text (a box found elsewhere): no detection.
@@ -532,7 +537,7 @@ class PaddleOcrEngine:
         scores = [float(s) for s in res["rec_scores"]]
         boxes = [_order_quad(np.asarray(p, dtype=np.float64).reshape(-1, 2)[:4]) if len(p) == 4
                  else _bbox_quad(np.asarray(p, dtype=np.float64).reshape(-1, 2)) for p in res["rec_polys"]]
-        return _finish(texts, scores, boxes, self.config.min_score)
+        return _finish(texts, scores, boxes, self.config.min_score, self.config.min_short_score)
 
     def read(self, image: Image.Image) -> OcrResult:
         """OCR one image (see `RapidOcrEngine.read`)."""

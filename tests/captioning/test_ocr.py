@@ -175,3 +175,12 @@ def test_photo_without_text_reads_nothing(engine):
     y, x = np.mgrid[0:300, 0:400]
     photo = Image.fromarray(np.stack([x * 255 // 399, y * 255 // 299, (x + y) * 255 // 698], -1).astype(np.uint8))
     assert engine.read(photo).lines == []  # too big for the whole-image fallback: no invented text
+
+
+def test_a_lone_glyph_needs_high_confidence():
+    from captioning.ocr import _finish
+
+    box = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    result = _finish(["8", "m", "OPEN", "茶", "42"], [0.72, 0.95, 0.7, 0.8, 0.7], [box] * 5, 0.6, 0.9)
+    assert sorted(line.text for line in result.lines) == ["42", "OPEN", "m"]
+    assert result.dropped_low_confidence == 2
