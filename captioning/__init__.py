@@ -1,1 +1,3 @@
-"""OCR backends, captioners and prompt-length rewriting (issue 5: not built yet)."""
+"""OCR engines (`ocr`), captioners (`captioner`, `grounding`, `visual_facts`, `openai_client`) and prompt-length
+variants (`variants`). Imports neither dagster nor ray; the `ocr_annotations`, `captions` and `prompt_variants` assets
+run them on Ray actors."""
