@@ -28,6 +28,7 @@ ASSET = "dit_checkpoint"
 DIT_CODE_VERSION = "dit-1"
 INPUTS_MARKER = "_inputs.json"
 STATE_FILES = ("checkpoint.pt", "metrics.jsonl", "samples.png")
+RESUMABLE_FIELDS = ("steps", "log_every", "checkpoint_every", "preview_prompts", "preview_steps", "preview_cfg_scale")
 
 
 class DitCheckpointConfig(dg.Config):
@@ -39,6 +40,9 @@ class DitCheckpointConfig(dg.Config):
     steps: int | None = Field(default=None, description="Optimizer steps of every stage.")
     batch_size: int | None = Field(default=None, description="Images per step per worker.")
     lr: float | None = Field(default=None, description="Peak learning rate.")
+    log_every: int | None = Field(default=None, description="Steps per metrics.jsonl line.")
+    checkpoint_every: int | None = Field(default=None, description="Steps between checkpoints (a killed run "
+                                                                   "resumes from the last one).")
     num_workers: int | None = Field(default=None, description="Ray Train workers (one process each).")
     use_gpu: bool | None = Field(default=None, description="One GPU per Ray Train worker.")
     text_encoder: str | None = Field(default=None, description="minilm (bundled) or a local model directory.")
@@ -53,6 +57,7 @@ class DitCheckpointConfig(dg.Config):
         if name not in known:
             raise ValueError(f"stage {stage}: unknown training recipe {name!r}; expected one of {sorted(known)}")
         overrides = {k: v for k, v in {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
+                                       "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
                                        "num_workers": self.num_workers, "use_gpu": self.use_gpu,
                                        "text_encoder": self.text_encoder, "teacher": self.teacher}.items()
                      if v is not None}
@@ -155,11 +160,14 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
     model_cfg, train_cfg, recipe = config.configs(stage)
     shards, rows, init_from, previous_input = _inputs(store, stage)
     shard_ids = [(Path(p).name, (store.part_summary(p) or {}).get("input_id")) for p in shards]
-    input_id = _hash({"model": asdict(model_cfg), "train": asdict(train_cfg), "shards": shard_ids,
+    # What the weights depend on; not the step count (raising `steps` continues the run) nor the logging cadence.
+    train_identity = {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE_FIELDS}
+    input_id = _hash({"model": asdict(model_cfg), "train": train_identity, "shards": shard_ids,
                       "previous": previous_input, "code": DIT_CODE_VERSION})
     out.mkdir(parents=True, exist_ok=True)
     done = store.read_json(str(out / SUCCESS_MARKER))
-    if done and done.get("input_id") == input_id and (out / "checkpoint.pt").exists():
+    if done and done.get("input_id") == input_id and done.get("steps") == train_cfg.steps \
+            and (out / "checkpoint.pt").exists():
         context.log.info(f"stage {stage}: already trained on these inputs ({done['steps']} steps); nothing to do")
         result = {k: done[k] for k in ("steps", "final_loss", "samples_per_second", "params")}
         result.update(checkpoint_path=str(out / "checkpoint.pt"), metrics_path=str(out / "metrics.jsonl"),
