@@ -51,6 +51,8 @@ class PromptVariantsConfig(dg.Config):
         description="Probability the training loader picks each variant.")
     rows_per_part: int = Field(default=256, description="Captions per part (one actor task).")
     num_gpus_per_actor: float = Field(default=0.0, description="GPUs per rewriting actor (transformers).")
+    max_new_tokens: int = Field(default=96, description="transformers: generation budget per rewrite.")
+    batch_size: int = Field(default=8, description="transformers: prompts per generate call.")
 
     def to_variant_config(self, models: ModelSettings) -> VariantConfig:
         """The one conversion from Dagster config to the pure config."""
@@ -65,7 +67,7 @@ class Rewriter:
     """Loaded once per actor: the LLM generator for the configured backend (none for the deterministic one)."""
 
     def __init__(self, config: tuple) -> None:
-        self.config, self.endpoint, self.api_key_env = config
+        self.config, self.endpoint, self.api_key_env, self.generation = config
         self.generator = None
 
     def setup(self) -> None:
@@ -80,7 +82,8 @@ class Rewriter:
         elif self.config.backend == "transformers":
             from captioning.variants import TransformersTextGenerator
 
-            self.generator = TransformersTextGenerator(self.config.model_path, device=self.config.device)
+            self.generator = TransformersTextGenerator(self.config.model_path, device=self.config.device,
+                                                       **self.generation)
             self.generator.setup()
 
 
@@ -129,13 +132,16 @@ def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsCon
     variant_config = config.to_variant_config(models)
     captions_marker = store.read_json(f"{store.dir(CAPTIONS)}/{SUCCESS_MARKER}") or {}
     chash = _hash({"config": asdict(variant_config), "endpoint": config.endpoint, "code": VARIANTS_CODE_VERSION,
-                   "captions": captions_marker.get("config_hash")})
+                   "captions": captions_marker.get("config_hash"),
+                   **({"generation": [config.max_new_tokens]} if config.backend == "transformers" else {})})
     with store.lock(ASSET, owner=context.run.run_id):
         wanted, _ = curated_refs(store)
         captioned = [r["sample_id"] for r in current_rows(store, CAPTIONS, wanted,
                                                           ["sample_id", "caption"]).to_pylist() if r["caption"]]
         done, plans, retired = plan_sample_parts(store, ASSET, chash, captioned, config.rows_per_part)
-        stage = ModelStage(ASSET, _load_rewriter, (variant_config, config.endpoint, config.api_key_env),
+        stage = ModelStage(ASSET, _load_rewriter, (variant_config, config.endpoint, config.api_key_env,
+                                                      {"max_new_tokens": config.max_new_tokens,
+                                                       "batch_size": config.batch_size}),
                            StageResources(num_cpus=1.0, num_gpus=config.num_gpus_per_actor))
         tasks = [(store, p.index, p.sample_ids, chash, context.run.run_id) for p in plans]
         clock = Throughput()

@@ -54,3 +54,50 @@ def ray_session():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+HEAD_CONCEPT = "stock photo"
+RARE_CONCEPTS = ["lighthouse at dusk", "origami crane", "glass harmonica", "salt flat", "tide pool", "stained glass",
+                 "hot air balloon", "bonsai tree", "paper lantern", "sand dune", "ice cave", "street mural"]
+
+
+@pytest.fixture(scope="session")
+def curated_storage(tmp_path_factory, ray_session):
+    """One `curate run --select '*rebalanced_images'` over two drops, shared by the rebalancing and UI tests.
+
+    The photos of examples/corpus with a `metadata.jsonl` that gives two in three the same title ("stock photo", the
+    planted head concept) and the rest a rare one each; then the hostile drop (every input refused for a reason).
+    Returns `(summaries, storage, {file name: title})`; the Dagster instance is `<storage>/.dagster`.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from orchestration.cli import load_config, run_pipeline
+
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus"
+    root = tmp_path_factory.mktemp("curated")
+    drop = root / "photos"
+    drop.mkdir()
+    rows = []
+    for i, photo in enumerate(sorted(p for p in (corpus / "photos").iterdir() if p.suffix == ".jpg")):
+        shutil.copy(photo, drop / photo.name)
+        rare = i % 3 == 0 and i // 3 < len(RARE_CONCEPTS)
+        rows.append({"file_name": photo.name, "title": RARE_CONCEPTS[i // 3] if rare else HEAD_CONCEPT})
+    (drop / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = root / "config.yaml"
+    # a 36-image drop is far below the default t's floor (20): name the cap, as a user with a small drop would
+    config.write_text(yaml.safe_dump({"assets": {"source_images": {"min_side": 32},
+                                                 "rebalanced_images": {"concept_cap": 4}}}))
+    storage = str(root / "storage")
+    saved_home = os.environ.pop("DAGSTER_HOME", None)
+    try:  # what `curate run --source ... --config FILE --select '*rebalanced_images'` does, keeping the summaries
+        summaries = run_pipeline([str(drop), str(corpus / "hostile")], storage, load_config(str(config)),
+                                 "*rebalanced_images")
+    finally:
+        os.environ.pop("DAGSTER_HOME", None)
+        if saved_home is not None:
+            os.environ["DAGSTER_HOME"] = saved_home
+    return summaries, storage, {r["file_name"]: r["title"] for r in rows}

@@ -99,6 +99,13 @@ def test_demo_accounts_for_the_whole_sample_corpus(ray_session, tmp_path, capsys
     assert "FAIL" not in out
     dedup = next(line for line in out.splitlines() if line.startswith("deduplicated_images")).split()
     assert int(dedup[2]) == int(dedup[3]) + int(dedup[4]) and int(dedup[4]) > 0
+    # issue 7: shards for every stage and a checkpoint per stage whose metrics show the loss falling
+    for stage in ("256", "512", "1024"):
+        assert list((Path(storage) / "training_shards" / stage).glob("part-*.parquet"))
+        stage_dir = Path(storage) / "dit_checkpoint" / stage
+        assert (stage_dir / "checkpoint.pt").is_file() and (stage_dir / "samples.png").is_file()
+        losses = [json.loads(line)["loss"] for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+        assert len(losses) == 10 and sum(losses[-2:]) / 2 < losses[0], (stage, losses)
     # the grayscale copy of a photo is removed in favour of the photo, and lineage says so both ways
     assert cli.main(["lineage", str(REPO / "examples/corpus/variants/dog_gray.jpg"), "--storage", storage]) == 0
     text = capsys.readouterr().out

@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-HOSTILE_DROP = REPO / "examples" / "corpus" / "hostile"  # every input is refused, each for a named reason
 VIEWPORT = {"width": 2400, "height": 1400}  # wide enough for full (unabbreviated) asset node names
 TIMEOUT_MS = 60_000
 
@@ -59,22 +58,18 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def finished_run(ray_session, tmp_path_factory):
-    """A storage root holding one completed `curate run` of source_images over the hostile drop.
-
-    Returns the storage path and the metadata of the run's materialization, read back from the Dagster instance.
-    """
+def finished_run(curated_storage):
+    """A storage root holding a completed `curate run` up to rebalanced_images (tests/conftest.py), whose last drop is
+    the hostile one; returns the storage path and the metadata of that drop's `source_images` materialization, read
+    back from the Dagster instance."""
     import dagster as dg
 
-    from orchestration import cli
-
-    storage = tmp_path_factory.mktemp("ui") / "storage"
-    saved_home = os.environ.pop("DAGSTER_HOME", None)
+    _, storage, _ = curated_storage
+    storage = Path(storage)
+    saved_home = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(storage / ".dagster")
     try:
-        code = cli.main(["run", "--source", str(HOSTILE_DROP), "--storage", str(storage), "--select",
-                         "source_images"])
-        assert code == 0
-        instance = dg.DagsterInstance.get()  # the CLI pointed DAGSTER_HOME at <storage>/.dagster
+        instance = dg.DagsterInstance.get()
         event = instance.get_latest_materialization_event(dg.AssetKey("source_images"))
         assert event is not None and event.asset_materialization is not None
         metadata = {key: getattr(value, "value", value) for key, value in event.asset_materialization.metadata.items()}
@@ -192,3 +187,18 @@ def test_asset_page_shows_latest_materialization_metadata(ui_url, finished_run, 
               if not images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")]
     assert not broken, f"metadata images that did not render: {broken}"
     page.screenshot(path=str(artifact_dir() / "asset_source_images.png"), full_page=True)
+
+
+def test_rebalancing_plots_render(ui_url, page):
+    page.goto(f"{ui_url}/assets/rebalanced_images")
+    page.get_by_text("Latest materialization").first.wait_for()
+    for key in ("cluster_sizes", "concept_frequencies"):
+        row = page.locator("tr").filter(has=page.get_by_text(key, exact=True)).first
+        row.get_by_text("[Show Markdown]").click()  # markdown metadata opens in a dialog
+        dialog = page.get_by_role("dialog")
+        image = dialog.locator("img").first
+        image.wait_for()
+        assert image.evaluate("img => img.complete && img.naturalWidth > 100"), f"{key}: the plot did not render"
+        page.screenshot(path=str(artifact_dir() / f"asset_rebalanced_images_{key}.png"))
+        dialog.get_by_role("button", name="Close").click()
+        dialog.wait_for(state="hidden")
