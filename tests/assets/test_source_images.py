@@ -119,3 +119,44 @@ def test_unregistered_partition_fails_with_a_clear_message(ray_session, storage,
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "not registered" in failure.event_specific_data.error.to_string()
+
+
+CONCURRENT_RUN = """
+import sys
+from orchestration import cli
+sys.exit(cli.main(["run", "--source", sys.argv[1], "--storage", sys.argv[2], "--config", sys.argv[3],
+                   "--select", "key:source_images or key:image_features"]))
+"""
+
+
+def test_two_runs_of_the_same_partition_at_once_leave_consistent_output(tmp_path, storage):
+    """Both runs write every part under a temporary name and rename it: whichever wins, each part is whole, the
+    partition holds every input exactly once, and a third run finds everything done."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    source = hostile_drop(tmp_path / "drop")
+    for i in range(12):
+        (source / f"more{i}.jpg").write_bytes(encode(make_image(seed=100 + i), "JPEG"))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"assets": {"source_images": {"min_side": 32, "max_pixels": 30_000,
+                                                                   "files_per_unit": 3}}, "ray": {"num_cpus": 1}}))
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "RAY_ADDRESS")}
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, str(source), storage, str(config)], cwd=repo,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    store = TableStore(storage)
+    key = drop_key(str(source))
+    rows = store.read_table(store.dir(ASSET, key), columns=["sample_id", "source_uri"]).to_pylist()
+    ledger = store.read_decisions(ASSET).to_pylist()
+    uris = [r["source_uri"] for r in rows] + [d["source_uri"] for d in ledger if d["decision"] == "drop"]
+    assert len(uris) == len(set(uris)) == 22  # 17 images + 5 hostile inputs (the sidecar belongs to img0)
+    features = store.read_table(store.dir("image_features", key), columns=["sample_id"]).column("sample_id")
+    assert sorted(features.to_pylist()) == sorted(r["sample_id"] for r in rows)
+    assert store.read_json(f"{store.dir(ASSET, key)}/{SUCCESS_MARKER}")["accounting_passed"] is True
