@@ -44,3 +44,13 @@ def test_model_settings_resolve_local_weights_and_devices(tmp_path):
     assert models.device_for("auto", 1.0) == "cuda" and models.device_for("auto", 0.0) == "cpu"
     assert models.device_for("cpu", 1.0) == "cpu"
     assert ModelSettings(device="cpu").device_for("auto", 1.0) == "cpu"
+
+
+def test_every_asset_has_a_code_version_and_checks():
+    """A code change must mark downstream assets stale in the UI, and every asset verifies what it wrote."""
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).code_version, f"{key.to_user_string()} has no code_version"
+        assert any(c.asset_key == key for c in graph.asset_check_keys), f"{key.to_user_string()} has no check"
