@@ -89,9 +89,10 @@ class OcrConfig:
     second_margin: float = 0.3
     """Margin of the second-pass crop, as a fraction of the line height."""
     whole_image_fallback: bool = True
-    """Read the whole image as one line when nothing is detected in a small, not tall image (a word crop)."""
+    """Also read a small, not tall image (a word crop) whole as one line, and keep that reading when it is at least
+    as confident as the detected lines on average (or nothing was detected)."""
     fallback_max_side: int = 256
-    """The whole-image fallback applies only to images whose longer side is at most this (not to photos)."""
+    """The whole-image reading applies only to images whose longer side is at most this (not to photos)."""
     use_angle_cls: bool = False
     """Run the 0/180 degree text-line orientation classifier (upside-down text; costs time)."""
     det_model_dir: str | None = None
@@ -429,15 +430,17 @@ class RapidOcrEngine:
         quads = self._detect(rgb)
         if quads and cfg.merge_lines:
             quads = merge_fragments(quads, cfg.merge_gap)
-        if not quads and cfg.whole_image_fallback and w >= 0.5 * h and max(h, w) <= cfg.fallback_max_side:
-            quads = [np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)]
-            margins = [0.0]
-        else:
-            margins = [cfg.crop_margin]
-        if cfg.second_pass:
-            margins.append(cfg.second_margin)
+        margins = [cfg.crop_margin] + ([cfg.second_margin] if cfg.second_pass else [])
         readings = [self._recognise([crop_line(rgb, q, m, cfg.rec_height) for q in quads]) for m in margins]
         best = [max((r[i] for r in readings), key=lambda t: t[1]) for i in range(len(quads))]
+        if cfg.whole_image_fallback and w >= 0.5 * h and max(h, w) <= cfg.fallback_max_side:
+            # A word crop: the detector, tuned for pages and photos, clips or splits a word that fills the image
+            # ("GRAND" -> "CRAND" + "LOTEL"), while the recogniser reads the whole crop well. The whole reading
+            # replaces the detected lines when it is at least as confident as they are on average.
+            whole = self.read_line(image)
+            mean = sum(b[1] for b in best) / len(best) if best else 0.0
+            if whole.text and whole.score >= mean:
+                quads, best = [np.asarray(whole.box, dtype=np.float64)], [(whole.text, whole.score)]
         return _finish([b[0] for b in best], [b[1] for b in best], quads, cfg.min_score, cfg.min_short_score)
 
     def read_line(self, image: Image.Image) -> OcrLine:
