@@ -242,6 +242,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{total} inputs: {dropped('source_images')} refused at ingest, {dropped('exclusion_signals')} "
           f"excluded by the filters, {dropped('deduplicated_images')} removed as duplicates (this run), "
           f"{curated if curated is not None else '?'} curated in all; every removal is in the decisions ledger.")
+    shards = {s["partition"]: s["metadata"].get("dagster/row_count") for s in summaries
+              if "metadata" in s and s["asset"] == "training_shards"}
+    trained = {s["partition"]: s["metadata"] for s in summaries if "metadata" in s and s["asset"] == "dit_checkpoint"}
+    if shards:
+        losses = ", ".join(f"stage {k} loss {m['first_loss']:.3f} -> {m['final_loss']:.3f}"
+                           for k, m in trained.items())
+        print("Training shards: " + ", ".join(f"stage {k}: {v} images" for k, v in shards.items())
+              + f"; DiT: {losses or 'not trained'} (checkpoints under {args.storage}/dit_checkpoint/).")
     print(f"Explore: curate lineage <sample_id or path> --storage {args.storage}   |   "
           f"curate ui --storage {args.storage}")
     return 0 if checks_passed(summaries) else 1
