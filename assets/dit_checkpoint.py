@@ -5,12 +5,19 @@ Each stage starts from the previous stage's checkpoint (256 -> 512 -> 1024) and 
 `samples.png` and `_SUCCESS.json` (the shard files it was trained on, for lineage). A killed run resumes from the
 last checkpoint; a rerun on unchanged inputs trains nothing; changed shards, configs or a retrained previous stage
 start the stage over.
+
+The storage root is a local directory or any URI the TableStore opens (`s3://...` in production). With a URI, the
+Ray Train workers read shards and the previous checkpoint from it and rank 0 uploads the stage's files after every
+checkpoint (`orchestration.train_sync`), so the Dagster run pod and the training nodes share no volume; the paths in
+`_SUCCESS.json` and the metadata are then URIs. This asset reads everything through the TableStore.
 """
 
 import hashlib
 import json
 import math
 import os
+import posixpath
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -68,12 +75,12 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The metrics.jsonl records (an absent file is no records)."""
-    p = Path(path)
-    if not p.exists():
+def read_metrics(store: TableStore, path: str) -> list[dict]:
+    """The metrics.jsonl records at `path` inside the store (an absent file is no records)."""
+    data = store.read_bytes(path)
+    if data is None:
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
 
 
 def loss_fell(records: list[dict]) -> tuple[bool, float, float]:
@@ -86,11 +93,24 @@ def loss_fell(records: list[dict]) -> tuple[bool, float, float]:
     return last < losses[0], losses[0], last
 
 
-def _local_dir(store: TableStore, stage: str) -> Path:
-    if "://" in store.root:
-        raise RuntimeError(f"dit_checkpoint trains into a filesystem path that Ray Train's rank 0 can write; storage "
-                           f"{store.root!r} is a URI: mount it (or use a shared volume) and pass the mounted path")
-    return Path(store.dir(ASSET, stage))
+def _delete(store: TableStore, path: str) -> None:
+    if store.exists(path):
+        store.fs.delete_file(path)
+
+
+def _checkpoint_summary(store: TableStore, path: str) -> dict:
+    """`step` and `model_config` of the stored checkpoint (loaded with weights_only=True)."""
+    from orchestration.train_sync import download
+    from training.trainer import load_checkpoint
+
+    if "://" not in store.root:
+        ckpt = load_checkpoint(path)
+    else:  # streamed to a local file: a large checkpoint is never held twice in memory
+        with tempfile.TemporaryDirectory(prefix="atelier-check-") as tmp:
+            local = Path(tmp) / "checkpoint.pt"
+            download(store, path, local)
+            ckpt = load_checkpoint(local)
+    return {"step": int(ckpt["step"]), "model_config": ckpt["model_config"]}
 
 
 def _require_gpus(train_cfg) -> None:
@@ -154,43 +174,47 @@ def _inputs(store: TableStore, stage: str) -> tuple[list[str], int, str | None, 
 
 def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) -> dg.MaterializeResult:
     from orchestration.ray_train import run_ray_train
-    from training.trainer import load_checkpoint
 
-    out = _local_dir(store, stage)
+    out = store.dir(ASSET, stage)  # inside the store's filesystem; store.uri() for what leaves this function
+
+    def at(name: str) -> str:
+        return posixpath.join(out, name)
+
     model_cfg, train_cfg, recipe = config.configs(stage)
-    shards, rows, init_from, previous_input = _inputs(store, stage)
-    shard_ids = [(Path(p).name, (store.part_summary(p) or {}).get("input_id")) for p in shards]
+    parts, rows, init_from, previous_input = _inputs(store, stage)
+    shard_ids = [(posixpath.basename(p), (store.part_summary(p) or {}).get("input_id")) for p in parts]
+    shards = [store.uri(p) for p in parts]  # what the training nodes open: paths, or URIs on object storage
     # What the weights depend on; not the step count (raising `steps` continues the run) nor the logging cadence.
     train_identity = {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE_FIELDS}
     input_id = _hash({"model": asdict(model_cfg), "train": train_identity, "shards": shard_ids,
                       "previous": previous_input, "code": DIT_CODE_VERSION})
-    out.mkdir(parents=True, exist_ok=True)
-    done = store.read_json(str(out / SUCCESS_MARKER))
+    store.fs.create_dir(out, recursive=True)
+    done = store.read_json(at(SUCCESS_MARKER))
     if done and done.get("input_id") == input_id and done.get("steps") == train_cfg.steps \
-            and (out / "checkpoint.pt").exists():
+            and store.exists(at("checkpoint.pt")):
         context.log.info(f"stage {stage}: already trained on these inputs ({done['steps']} steps); nothing to do")
         result = {k: done[k] for k in ("steps", "final_loss", "samples_per_second", "params")}
-        result.update(checkpoint_path=str(out / "checkpoint.pt"), metrics_path=str(out / "metrics.jsonl"),
-                      preview_path=str(out / "samples.png") if (out / "samples.png").exists() else None)
+        result.update(checkpoint_path=store.uri(at("checkpoint.pt")), metrics_path=store.uri(at("metrics.jsonl")),
+                      preview_path=store.uri(at("samples.png")) if store.exists(at("samples.png")) else None)
         reused = True
     else:
-        started = store.read_json(str(out / INPUTS_MARKER))
+        started = store.read_json(at(INPUTS_MARKER))
         if started and started.get("input_id") != input_id:  # not a resume: other data, config or starting weights
             context.log.info(f"stage {stage}: inputs changed since the last run; training starts over")
             for name in STATE_FILES:
-                (out / name).unlink(missing_ok=True)
-        (out / SUCCESS_MARKER).unlink(missing_ok=True)  # a killed run must not look finished
-        store.write_json(str(out / INPUTS_MARKER), {"input_id": input_id, "run_id": context.run.run_id})
+                _delete(store, at(name))
+        _delete(store, at(SUCCESS_MARKER))  # a killed run must not look finished
+        store.write_json(at(INPUTS_MARKER), {"input_id": input_id, "run_id": context.run.run_id})
         _require_gpus(train_cfg)
         context.log.info(f"stage {stage}: recipe {recipe}, model {config.model_size}, {rows} rows in "
                          f"{len(shards)} shards, {train_cfg.steps} steps, from {init_from or 'scratch'}")
-        result = run_ray_train(model_cfg, train_cfg, shards, out, init_from=init_from, resume=True,
+        result = run_ray_train(model_cfg, train_cfg, shards, store.uri(out), init_from=init_from, resume=True,
                                cpus_per_worker=1.0)
         reused = False
 
-    records = read_metrics(out / "metrics.jsonl")
+    records = read_metrics(store, at("metrics.jsonl"))
     fell, first, last = loss_fell(records)
-    ckpt = load_checkpoint(out / "checkpoint.pt")
+    ckpt = _checkpoint_summary(store, at("checkpoint.pt"))
     steps_logged = [r["step"] for r in records]
     checks = [
         # a warning, not an error: a later stage that starts from a converged checkpoint may legitimately plateau
@@ -205,15 +229,16 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
                             metadata={"lines": len(records)}),
     ]
     if not reused:
-        store.write_json(str(out / SUCCESS_MARKER), {
+        store.write_json(at(SUCCESS_MARKER), {
             "stage": stage, "recipe": recipe, "model_size": config.model_size, "input_id": input_id,
-            "checkpoint": str(out / "checkpoint.pt"), "init_from": init_from, "shards": shards, "rows": rows,
+            "checkpoint": store.uri(at("checkpoint.pt")), "init_from": init_from, "shards": shards, "rows": rows,
             "steps": result["steps"], "final_loss": result["final_loss"], "params": result["params"],
             "samples_per_second": result["samples_per_second"], "run_id": context.run.run_id})
 
     curves = {}
     for key in STAGE_KEYS[:STAGE_KEYS.index(stage) + 1]:  # the curriculum so far, each stage on its own steps
-        stage_records = records if key == stage else read_metrics(Path(store.dir(ASSET, key)) / "metrics.jsonl")
+        stage_records = records if key == stage else read_metrics(store, posixpath.join(store.dir(ASSET, key),
+                                                                                         "metrics.jsonl"))
         curves[key] = ([r["step"] for r in stage_records], [r["loss"] for r in stage_records])
     metadata = {
         "recipe": recipe, "model_size": config.model_size, "params": int(result["params"]),
@@ -222,9 +247,9 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
         "shards": len(shards), "init_from": init_from or "scratch", "reused": reused,
         "loss_curve": dg.MetadataValue.md(png_markdown(loss_curve_plot(curves, f"DiT loss, stages up to {stage}"),
                                                        "loss curve")),
-        "checkpoint": dg.MetadataValue.path(str(out / "checkpoint.pt")),
+        "checkpoint": dg.MetadataValue.path(store.uri(at("checkpoint.pt"))),
     }
-    if result.get("preview_path") and Path(result["preview_path"]).exists():
-        grid = Path(result["preview_path"]).read_bytes()
+    grid = store.read_bytes(at("samples.png")) if result.get("preview_path") else None
+    if grid is not None:
         metadata["samples"] = dg.MetadataValue.md(png_markdown(grid, "Euler samples with CFG, EMA weights"))
     return dg.MaterializeResult(metadata=metadata, check_results=checks)

@@ -1,32 +1,49 @@
 """Ray Train adapter for the DiT trainer: one `TorchTrainer` run per curriculum stage.
 
 The pure loop is `training.trainer.train_loop_per_worker`; Ray Train starts `num_workers` processes, sets up the
-torch process group (gloo on CPU, NCCL on GPU), and each process runs the loop (DDP/FSDP when more than one). Rank 0
-writes `checkpoint.pt` / `metrics.jsonl` straight into `out_dir`, which must therefore be storage that rank 0 and the
-caller share (a local path on one machine, a shared volume on a cluster). Ray's own run directory (`RunConfig`) goes
-to `<out_dir>/_ray` (an absolute path, as Ray Train requires).
+torch process group (gloo on CPU, NCCL on GPU), and each process runs the loop (DDP/FSDP when more than one).
+
+`out_dir` is a local path or a URI (any storage `orchestration.storage.TableStore` opens: `s3://`, `gs://`,
+`file://`, ...). A local path is shared storage: rank 0 writes `checkpoint.pt` / `metrics.jsonl` / `samples.png`
+straight into it (one machine, or a volume every node mounts). A URI needs no shared volume: each worker trains in a
+local temporary directory on its own node and rank 0 uploads the stage files after every checkpoint
+(`orchestration.train_sync`), so a killed run resumes from the last stored checkpoint wherever its workers land.
+Shards and `init_from` may be URIs too. Ray's own run directory (`RunConfig`) goes to `<out_dir>/_ray` (an absolute
+path, or the URI's filesystem, as Ray Train requires).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from training.config import ModelConfig, TrainConfig
-from training.data import list_shards
+from training.data import is_uri, list_shards
 
 log = logging.getLogger(__name__)
 
 
 def _ray_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker: the pure loop; Ray Train (v2) hands rank 0's return value to `Result.return_value`."""
+    """Ray Train worker: the pure loop (in a local copy of `out_dir` when that is a URI); Ray Train (v2) hands rank
+    0's return value to `Result.return_value`."""
     from training.trainer import train_loop_per_worker
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return train_loop_per_worker(config)
+    if not is_uri(config["out_dir"]):
+        return train_loop_per_worker(config)
+    import ray.train
+
+    from orchestration.train_sync import run_synced
+
+    return run_synced(config, ray.train.get_context().get_world_rank(), train_loop_per_worker)
+
+
+def _local_or_uri(path: str | os.PathLike) -> str:
+    return str(path) if is_uri(path) else str(Path(path).resolve())
 
 
 def run_ray_train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: list[str] | str, out_dir: str | os.PathLike,
@@ -37,34 +54,42 @@ def run_ray_train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: list[s
     Args:
         model_cfg: the DiT's shape.
         train_cfg: the stage; `num_workers` and `use_gpu` size the Ray Train worker group.
-        shards: Parquet shard files and/or directories (resolved here, on the driver, to absolute paths).
-        out_dir: directory for checkpoint.pt / metrics.jsonl / samples.png (shared with rank 0).
-        init_from: previous stage's checkpoint.pt, or None.
+        shards: Parquet shard files and/or directories, paths or URIs (resolved here, on the driver, to files:
+            absolute paths or URIs).
+        out_dir: directory for checkpoint.pt / metrics.jsonl / samples.png: a path shared with rank 0, or a URI.
+        init_from: previous stage's checkpoint.pt (a path or a URI), or None.
         resume: continue from out_dir/checkpoint.pt if present.
         cpus_per_worker: CPUs each worker reserves (1 on a 2-core machine, so the loop never holds every CPU).
 
     Returns:
         The TrainResult fields (`steps`, `final_loss`, `metrics_path`, `checkpoint_path`, `samples_per_second`,
-        `params`, `preview_path`) as a dict.
+        `params`, `preview_path`) as a dict; the paths are under `out_dir` (URIs when it is one).
     """
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from orchestration.ray_adapter import init_ray
+    from orchestration.storage import TableStore
 
     init_ray()
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if is_uri(out_dir):
+        out = str(out_dir).rstrip("/")
+        store = TableStore(out)
+        ray_storage = {"storage_path": posixpath.join(store.base, "_ray"), "storage_filesystem": store.fs}
+    else:
+        out = str(Path(out_dir).resolve())
+        Path(out).mkdir(parents=True, exist_ok=True)
+        ray_storage = {"storage_path": posixpath.join(out, "_ray")}
     config = {"model_config": asdict(model_cfg), "train_config": asdict(train_cfg),
-              "shards": [str(Path(p).resolve()) for p in list_shards(shards)], "out_dir": str(out),
-              "init_from": str(Path(init_from).resolve()) if init_from else None, "resume": resume}
+              "shards": [_local_or_uri(p) for p in list_shards(shards)], "out_dir": out,
+              "init_from": _local_or_uri(init_from) if init_from else None, "resume": resume}
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name=f"dit-{train_cfg.stage_size}", storage_path=str(out / "_ray")),
+        run_config=RunConfig(name=f"dit-{train_cfg.stage_size}", **ray_storage),
     )
     log.info("Ray Train: %d worker(s), gpu=%s, stage %dpx -> %s (cluster CPUs %s)", train_cfg.num_workers,
              train_cfg.use_gpu, train_cfg.stage_size, out, ray.cluster_resources().get("CPU"))

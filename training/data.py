@@ -9,18 +9,25 @@ replacement in proportion to `sample_weight` (weights are relative within a shar
 unweighted, as a permutation; rows are grouped per bucket and emitted as soon as a bucket has `batch_size` rows
 (leftovers carry over to the next shard). Each sample's prompt variant is drawn from `prompt_length_distribution`;
 an empty caption falls back to the next variant in tags -> short -> medium -> long -> tags order.
+
+Shards are local paths or URIs of any filesystem pyarrow opens (`s3://`, `gs://`, `file://`, ...; fsspec for the
+schemes pyarrow lacks): a URI is read through `pyarrow.fs.FileSystem.from_uri`, one filesystem per directory.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
@@ -33,12 +40,70 @@ _META_COLUMNS = ["sample_id", "bucket", "sample_weight", "caption_tags", "captio
                  "caption_long"]
 
 
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for a URI (`scheme://...`), False for a local path."""
+    return "://" in str(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _uri_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def resolve_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) of a URI; the filesystem is built once per directory and reused."""
+    uri = uri.rstrip("/")
+    head, _, name = uri.rpartition("/")
+    if len(head) <= uri.index("://") + 3:  # a bucket or filesystem root: no directory to share
+        return _uri_filesystem(uri)
+    fs, base = _uri_filesystem(head)
+    return fs, posixpath.join(base, name)
+
+
+def open_shard(path: str | os.PathLike) -> IO[bytes]:
+    """A shard's bytes as a binary stream (a local file or a URI)."""
+    if is_uri(path):
+        fs, inner = resolve_uri(str(path))
+        return fs.open_input_stream(inner)
+    return open(path, "rb")
+
+
+def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Columns of one shard (a local file or a URI)."""
+    if is_uri(path):
+        fs, inner = resolve_uri(path)
+        return pq.read_table(inner, columns=columns, filesystem=fs)
+    return pq.read_table(path, columns=columns)
+
+
+def _list_uri(item: str) -> list[str]:
+    fs, inner = resolve_uri(item)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.Directory:
+        base = item.rstrip("/")
+        names = sorted(posixpath.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(inner))
+                       if i.type == pafs.FileType.File)
+        return [f"{base}/{n}" for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
+    if info.type == pafs.FileType.File:
+        return [item]
+    raise FileNotFoundError(f"training shard or directory not found: {item}")
+
+
 def list_shards(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Parquet shard paths, sorted: a directory's `*.parquet` files (names starting with '_' or '.' ignored), or
-    the given files / directories."""
+    the given files / directories. URIs stay URIs (a directory URI lists its files as URIs)."""
     items = [paths_or_dir] if isinstance(paths_or_dir, (str, os.PathLike)) else list(paths_or_dir)
     out: list[str] = []
     for item in items:
+        if is_uri(item):
+            out.extend(_list_uri(str(item)))
+            continue
         path = Path(item)
         if path.is_dir():
             out.extend(str(p) for p in sorted(path.glob("*.parquet")) if not p.name.startswith(("_", ".")))
@@ -113,7 +178,7 @@ class ShardDataset:
     """Iterable of same-bucket batches: dict(images [B,3,H,W] in [-1,1], prompts, sample_ids, bucket).
 
     Args:
-        paths_or_dir: shard files and/or directories (see `list_shards`).
+        paths_or_dir: shard files and/or directories, local or URIs (see `list_shards`).
         batch_size: rows per batch.
         prompt_length_distribution: probability per prompt variant (`tags`, `short`, `medium`, `long`).
         seed: fixes shard order, row draws and prompt choices.
@@ -174,13 +239,13 @@ class ShardDataset:
             drawn = 0
             for shard_index in order:
                 path = self.paths[int(shard_index)]
-                meta = pq.read_table(path, columns=_META_COLUMNS).to_pydict()
+                meta = read_shard(path, columns=_META_COLUMNS).to_pydict()
                 rows = self._rows(rng, meta)
                 if rows.size == 0:
                     continue
                 drawn += int(rows.size)
                 variants = rng.choice(len(self.variants), size=rows.size, p=self.variant_probs)
-                images = pq.read_table(path, columns=["image"]).column("image")
+                images = read_shard(path, columns=["image"]).column("image")
                 for row, variant in zip(rows.tolist(), variants.tolist(), strict=True):
                     captions = {v: meta[f"caption_{v}"][row] for v in PROMPT_VARIANTS}
                     bucket = meta["bucket"][row]

@@ -4,6 +4,10 @@
 saved beside it (or in `cache_dir`) as `<shard name>.latents-<sha of the shard bytes, 16 hex>-<WxH>.pt`:
 a dict sample_id -> float16 tensor [C, h, w], read back with `torch.load(..., weights_only=True)`. A changed shard
 has a different sha, so a stale cache is never used.
+
+Caches are always local files: a shard given as a URI (object storage) is read through its filesystem, and its cache
+goes to `cache_dir` or, when none is given, to `DEFAULT_URI_CACHE_DIR` on the training node (`<tmp>/atelier-latents`,
+shared by the node's runs; the sha in each name keeps shards of the same file name apart).
 """
 
 from __future__ import annotations
@@ -11,13 +15,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from training.data import is_uri, open_shard
+
 log = logging.getLogger(__name__)
+
+DEFAULT_URI_CACHE_DIR = Path(tempfile.gettempdir()) / "atelier-latents"
+"""Latent caches of URI shards when no `cache_dir` is given (a local directory of the training node)."""
 
 
 class LatentCodec(Protocol):
@@ -66,16 +77,17 @@ class DiffusersVAE:
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes (a local file or a URI)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_shard(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
 
 class LatentCache:
-    """Latents of the samples of each shard, computed once per (shard content, size) and stored beside the shard.
+    """Latents of the samples of each shard, computed once per (shard content, size) and stored beside the shard
+    (local shards), in `cache_dir`, or in `DEFAULT_URI_CACHE_DIR` (URI shards without a `cache_dir`).
 
     `build` encodes every shard once and writes the cache files; `for_batch` returns a batch's latents from the
     loaded caches (per-shard files are loaded the first time a size is used) and encodes any sample still missing.
@@ -89,12 +101,28 @@ class LatentCache:
         self.batch_size = batch_size
         self._latents: dict[tuple[str, str], torch.Tensor] = {}  # (sample_id, "WxH") -> [C, h, w]
         self._loaded: set[str] = set()
+        self._sha: dict[str, str] = {}  # shard -> sha256 of its bytes (a URI shard is read once, not per lookup)
+        if self.cache_dir is None and any(is_uri(s) for s in self.shard_paths):
+            log.info("latents of URI shards are cached locally in %s (set latent_cache_dir to choose)",
+                     DEFAULT_URI_CACHE_DIR)
+
+    def _shard_sha(self, shard: str) -> str:
+        if shard not in self._sha:
+            self._sha[shard] = file_sha256(shard)
+        return self._sha[shard]
+
+    def _base(self, shard: str) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return DEFAULT_URI_CACHE_DIR if is_uri(shard) else Path(shard).parent
+
+    def _stem(self, shard: str) -> str:
+        name = posixpath.basename(str(shard).rstrip("/")) if is_uri(shard) else Path(shard).name
+        return f"{name}.latents-{self._shard_sha(shard)[:16]}"
 
     def cache_path(self, shard: str, size: str) -> Path:
         """Where the latents of `shard` at size 'WxH' live."""
-        shard_path = Path(shard)
-        base = self.cache_dir or shard_path.parent
-        return base / f"{shard_path.name}.latents-{file_sha256(shard_path)[:16]}-{size}.pt"
+        return self._base(shard) / f"{self._stem(shard)}-{size}.pt"
 
     def build(self, dataset_factory: Callable[[str], Iterable[dict]]) -> None:
         """Encode every sample of every shard (one pass of `dataset_factory(shard)` batches) and save the caches.
@@ -104,7 +132,7 @@ class LatentCache:
                 in order (e.g. `ShardDataset(shard, ..., shuffle=False, epochs=1)`).
         """
         for shard in self.shard_paths:
-            if any(self.cache_path(shard, "").parent.glob(f"{Path(shard).name}.latents-{file_sha256(shard)[:16]}-*")):
+            if any(self._base(shard).glob(f"{self._stem(shard)}-*")):
                 continue
             per_size: dict[str, dict[str, torch.Tensor]] = {}
             for batch in dataset_factory(shard):

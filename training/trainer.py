@@ -8,7 +8,10 @@ Classifier-free guidance dropout masks all text tokens of a sample.
 
 `train` runs in the calling process; `train_loop_per_worker(config_dict)` is the same loop for a Ray Train worker
 (or any torchrun-style launcher): if torch.distributed is initialised, each rank reads its share of the shards, the
-model is wrapped in DDP (or FSDP2 `fully_shard`) when world_size > 1, and only rank 0 writes files.
+model is wrapped in DDP (or FSDP2 `fully_shard`) when world_size > 1, and only rank 0 writes files. An optional
+`on_checkpoint(step)` callback runs on rank 0 right after each checkpoint is saved (e.g. to upload the stage directory
+to object storage: `orchestration.train_sync`); this package itself only reads and writes local files, plus shards
+given as URIs.
 
 Files in `out_dir`: `checkpoint.pt` (model, projector, ema, optimizer state dicts, step, asdict of both configs;
 loads with `torch.load(..., weights_only=True)`), `metrics.jsonl` (one line per logged step), `samples.png`
@@ -182,7 +185,8 @@ class _Windows:
 
 
 def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] | str, out_dir: str | os.PathLike,
-         resume: bool, init_from: str | os.PathLike | None, log_fn: Callable[[str], None]) -> TrainResult:
+         resume: bool, init_from: str | os.PathLike | None, log_fn: Callable[[str], None],
+         on_checkpoint: Callable[[int], None] | None = None) -> TrainResult:
     rank, world = _dist()
     is_main = rank == 0
     device = _device(train_cfg)
@@ -357,6 +361,8 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
             window.reset()
         if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
             _save(ckpt_path, module, ema, optimizer, step, model_cfg, train_cfg, world, is_main)
+            if is_main and on_checkpoint is not None:
+                on_checkpoint(step)
     run_seconds = time.perf_counter() - run_start
     if start_step >= train_cfg.steps and is_main:
         log_fn(f"{ckpt_path} already at step {start_step} >= {train_cfg.steps}: nothing to train")
@@ -408,35 +414,40 @@ def _save(path: Path, module: TrainModule, ema: DiT, optimizer: torch.optim.Opti
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] | str, out_dir: str | os.PathLike,
           *, resume: bool = True, init_from: str | os.PathLike | None = None,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None,
+          on_checkpoint: Callable[[int], None] | None = None) -> TrainResult:
     """Train (or resume) one curriculum stage in this process (or in each rank of an initialised process group).
 
     Args:
         model_cfg: the DiT's shape.
         train_cfg: the stage's hyper-parameters.
-        shards: Parquet shard files and/or directories of the `training_shards` asset.
-        out_dir: where checkpoint.pt, metrics.jsonl and samples.png go.
+        shards: Parquet shard files and/or directories of the `training_shards` asset (local paths or URIs).
+        out_dir: local directory where checkpoint.pt, metrics.jsonl and samples.png go.
         resume: continue from out_dir/checkpoint.pt if it exists (metrics lines after its step are dropped).
         init_from: the previous stage's checkpoint.pt (model + EMA weights; fresh optimizer; step 0). Ignored when
             resuming from an existing checkpoint.
         log: progress callback (e.g. a Dagster `context.log.info`); default: this module's logger.
+        on_checkpoint: called with the step on rank 0 right after each checkpoint.pt (and its metrics lines) is
+            written; a copy to remote storage taken then is a consistent resume point.
 
     Returns:
         The TrainResult of the stage.
     """
-    return _run(model_cfg, train_cfg, shards, out_dir, resume, init_from, log or _module_log)
+    return _run(model_cfg, train_cfg, shards, out_dir, resume, init_from, log or _module_log, on_checkpoint)
 
 
 def _module_log(message: str) -> None:
     log.info(message)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+def train_loop_per_worker(config: dict[str, Any],
+                          on_checkpoint: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The training loop for a Ray Train (or torchrun) worker; plain data in and out.
 
     Args:
-        config: `model_config` and `train_config` (asdict of the configs), `shards` (list of paths), `out_dir`,
-            optional `init_from` and `resume` (default True).
+        config: `model_config` and `train_config` (asdict of the configs), `shards` (list of paths or URIs),
+            `out_dir` (a local directory), optional `init_from` (a local checkpoint) and `resume` (default True).
+        on_checkpoint: see `train`; only rank 0 calls it.
 
     Returns:
         `asdict(TrainResult)` (rank 0's files; other ranks return their own throughput).
@@ -445,5 +456,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model_cfg = config_from_dict(ModelConfig, config["model_config"])
     train_cfg = config_from_dict(TrainConfig, config["train_config"])
     result = _run(model_cfg, train_cfg, config["shards"], config["out_dir"], config.get("resume", True),
-                  config.get("init_from"), _module_log)
+                  config.get("init_from"), _module_log, on_checkpoint)
     return asdict(result)
