@@ -162,7 +162,8 @@ class TrainConfig:
     vae_path: str = ""
     """Local directory of a diffusers AutoencoderKL (latent space only)."""
     latent_cache_dir: str = ""
-    """Where per-shard latent caches go; empty = beside each shard."""
+    """Where per-shard latent caches go; empty = beside each local shard, or <tmp>/atelier-latents on the training
+    node for shards given as URIs (object storage)."""
     threads: int = 0
     """torch intra-op CPU threads of each training process; 0 keeps torch's default (tiny models: use 1)."""
     num_workers: int = 1
