@@ -84,7 +84,19 @@ def read_metrics(store: TableStore, path: str) -> list[dict]:
 
 
 def loss_fell(records: list[dict]) -> tuple[bool, float, float]:
-    """(passed, first, last): the mean loss of the last fifth of the logged windows is below the first window's."""
+    """(passed, first, last) of the stage's loss.
+
+    With `eval_loss` (the EMA weights on the trainer's fixed batch, fixed noise and times: it moves only with the
+    weights): the weights the stage started from against the mean of its last fifth of lines. Without it: the mean
+    of the last fifth of the logged training windows against the first window.
+    """
+    evals = [r["eval_loss"] for r in records if isinstance(r.get("eval_loss"), int | float)]
+    start = next((r["eval_loss_initial"] for r in records if isinstance(r.get("eval_loss_initial"), int | float)),
+                 evals[0] if evals else None)
+    if evals and start is not None and len(evals) + ("eval_loss_initial" in records[0]) >= 2:
+        tail = evals[-max(1, len(evals) // 5):]
+        last = sum(tail) / len(tail)
+        return math.isfinite(start) and math.isfinite(last) and last < start, start, last
     losses = [r["loss"] for r in records if isinstance(r.get("loss"), int | float)]
     if len(losses) < 2 or not all(math.isfinite(x) for x in losses):
         return False, losses[0] if losses else math.nan, losses[-1] if losses else math.nan
@@ -239,10 +251,17 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
     for key in STAGE_KEYS[:STAGE_KEYS.index(stage) + 1]:  # the curriculum so far, each stage on its own steps
         stage_records = records if key == stage else read_metrics(store, posixpath.join(store.dir(ASSET, key),
                                                                                          "metrics.jsonl"))
-        curves[key] = ([r["step"] for r in stage_records], [r["loss"] for r in stage_records])
+        curves[f"{key}: training windows"] = ([r["step"] for r in stage_records], [r["loss"] for r in stage_records])
+        evals = [(r["step"], r["eval_loss"]) for r in stage_records if "eval_loss" in r]
+        if stage_records and "eval_loss_initial" in stage_records[0]:
+            evals.insert(0, (0, stage_records[0]["eval_loss_initial"]))
+        if evals:
+            curves[f"{key}: fixed batch"] = ([e[0] for e in evals], [e[1] for e in evals])
     metadata = {
         "recipe": recipe, "model_size": config.model_size, "params": int(result["params"]),
         "steps": int(result["steps"]), "first_loss": round(first, 5), "final_loss": round(last, 5),
+        "loss_measure": "fixed-batch eval loss (EMA), stage start -> last fifth"
+        if any("eval_loss" in r for r in records) else "training-window loss, first window -> last fifth",
         "samples_per_second": round(float(result["samples_per_second"] or 0.0), 2), "trained_rows": rows,
         "shards": len(shards), "init_from": init_from or "scratch", "reused": reused,
         "loss_curve": dg.MetadataValue.md(png_markdown(loss_curve_plot(curves, f"DiT loss, stages up to {stage}"),

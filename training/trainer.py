@@ -14,8 +14,10 @@ to object storage: `orchestration.train_sync`); this package itself only reads a
 given as URIs.
 
 Files in `out_dir`: `checkpoint.pt` (model, projector, ema, optimizer state dicts, step, asdict of both configs;
-loads with `torch.load(..., weights_only=True)`), `metrics.jsonl` (one line per logged step), `samples.png`
-(optional preview grid from the EMA weights).
+loads with `torch.load(..., weights_only=True)`), `metrics.jsonl` (one line per logged step: the window's mean
+training losses and `eval_loss`, the EMA weights' loss on one fixed batch of training images with fixed noise and
+times; the first line of a stage also has `eval_loss_initial`), `samples.png` (optional preview grid from the EMA
+weights).
 """
 
 from __future__ import annotations
@@ -87,6 +89,47 @@ class TrainModule(nn.Module):
 def sample_timesteps(n: int, mean: float, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Logit-normal times in (0, 1): sigmoid(N(mean, std²))."""
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+
+
+EVAL_SEED = 20_261_130
+EVAL_TIMES = 4
+"""Each held-out image is scored at this many fixed times t (a stratified grid over (0, 1))."""
+
+
+def fixed_eval_batch(dataset: ShardDataset, text_encoder: Any, latent_cache: Any, device: torch.device,
+                     mean: float = 0.0, std: float = 1.0, max_images: int = 32) -> dict[str, torch.Tensor]:
+    """One batch with everything random fixed (images, prompts, noise, t), so its loss moves only with the weights.
+
+    The training loss of a window mixes in the luck of its timesteps and images; late in a curriculum stage that noise
+    is larger than the progress. This batch is the stage's yardstick (`eval_loss` in metrics.jsonl).
+    """
+    batch = next(iter(dataset))
+    x0 = latent_cache.for_batch(batch) if latent_cache is not None else batch["images"]
+    x0 = x0[:max_images]
+    text, mask = text_encoder.encode(batch["prompts"][:max_images])
+    b = x0.shape[0]
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    x0, text, mask = (v.repeat_interleave(EVAL_TIMES, 0) for v in (x0, text, mask))
+    # the training distribution's quantiles (logit-normal), not a uniform grid: near t = 0 an x-prediction's error is
+    # amplified up to 1 / t_eps and would drown the signal
+    quantiles = (torch.arange(b * EVAL_TIMES, dtype=torch.float64) + 0.5) / (b * EVAL_TIMES)
+    t = torch.sigmoid(mean + std * torch.special.ndtri(quantiles)).float()
+    t = t[torch.randperm(len(t), generator=generator)]
+    noise = torch.randn(x0.shape, generator=generator)
+    return {k: v.to(device) for k, v in {"x0": x0, "t": t, "noise": noise, "text": text, "mask": mask}.items()}
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, batch: dict[str, torch.Tensor], autocast: Callable[[], Any] = nullcontext) -> float:
+    """Flow-matching loss of a DiT (the EMA weights in training) on a `fixed_eval_batch`."""
+    was_training = model.training
+    model.eval()
+    tb = batch["t"].view(-1, 1, 1, 1)
+    x_t = (1 - tb) * batch["x0"] + tb * batch["noise"]
+    with autocast():
+        velocity = model(x_t, batch["t"], batch["text"], batch["mask"])[0]
+    model.train(was_training)
+    return float(F.mse_loss(velocity.float(), (batch["noise"] - batch["x0"]).float()))
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -301,6 +344,16 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
         log.warning("precision='bf16' needs CUDA: training in fp32 on %s", device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
+    # the fixed yardstick, on rank 0 (FSDP shards the weights across ranks: no single-rank forward there)
+    evaluate = is_main and not (world > 1 and train_cfg.strategy == "fsdp")
+    eval_set = None
+    if evaluate:
+        eval_set = fixed_eval_batch(
+            ShardDataset(my_shards, train_cfg.batch_size, train_cfg.prompt_length_distribution, seed=EVAL_SEED,
+                         stage_size=train_cfg.stage_size, multiple=model_cfg.patch_size * factor),
+            text_encoder, latent_cache, device, train_cfg.logit_normal_mean, train_cfg.logit_normal_std)
+    initial_eval = eval_loss(ema, eval_set, autocast) if evaluate and start_step == 0 else None
+
     window = _Windows()
     last_loss = math.nan
     run_samples, run_start, step = 0, time.perf_counter(), start_step
@@ -353,6 +406,10 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
                       "loss_repa": window.repa / window.n, "grad_norm": window.grad / window.n,
                       "lr": lr_at(step - 1), "samples_per_second": window.samples / max(elapsed, 1e-9),
                       "bucket": batch["bucket"], "time": time.time()}
+            if evaluate:
+                record["eval_loss"] = eval_loss(ema, eval_set, autocast)
+                if initial_eval is not None:  # the stage's starting point, on its first line only
+                    record["eval_loss_initial"], initial_eval = initial_eval, None
             if is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")

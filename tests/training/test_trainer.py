@@ -41,9 +41,32 @@ def test_tiny_model_overfits_four_images(shards, tmp_path):
     assert len(losses) == 120 and result.steps == 120
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
+    metrics = _metrics(result.metrics_path)  # the EMA weights on one fixed batch: falls with the weights alone
+    assert "eval_loss_initial" in metrics[0] and all("eval_loss_initial" not in m for m in metrics[1:])
+    assert metrics[-1]["eval_loss"] < 0.5 * metrics[0]["eval_loss_initial"]
     assert result.samples_per_second > 0 and result.params == sum(p.numel() for p in
                                                                    models_from_checkpoint(result.checkpoint_path)[0]
                                                                    .parameters())
+
+
+def test_fixed_eval_batch_is_fixed(shards):
+    from training.data import ShardDataset
+    from training.text import load_text_encoder
+    from training.trainer import eval_loss, fixed_eval_batch
+
+    encoder = load_text_encoder("hash", dim=MODEL.text_dim)
+
+    def batch():
+        return fixed_eval_batch(ShardDataset(str(shards), 4, seed=1, multiple=MODEL.patch_size), encoder, None,
+                                torch.device("cpu"))
+
+    a, b = batch(), batch()
+    assert all(torch.equal(a[k], b[k]) for k in a) and a["x0"].shape[0] == 4 * 4
+    assert 0 < a["t"].min() and a["t"].max() < 1 and len(set(a["t"].tolist())) == 16
+    from training.model import DiT
+
+    model = DiT(MODEL)
+    assert eval_loss(model, a) == eval_loss(model, b)
 
 
 def test_checkpoint_weights_only_resume_and_init_from(shards, tmp_path):
