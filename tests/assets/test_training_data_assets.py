@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from curation.opt_out import make
-from orchestration.cli import run_pipeline
+from orchestration.cli import checks_passed, run_pipeline
 from orchestration.opt_outs import add_opt_outs
 from orchestration.storage import TableStore
 
@@ -67,8 +67,10 @@ def _rows(storage, asset, partition="_"):
 
 def test_every_asset_and_check_of_the_chain(pipeline):
     storage, _, first = pipeline
-    failed = [(s["asset"], s["check"], s["partition"]) for s in first if "check" in s and not s["passed"]]
-    assert not [f for f in failed if f[1] != "loss_falls"]  # 16 steps of a later stage may not fall (a warning)
+    # warnings (a 7-image probe, a later stage's loss over 16 steps) are reported, not failures
+    failed = [(s["asset"], s["check"], s["partition"]) for s in first
+              if "check" in s and not s["passed"] and s["severity"] != "WARN"]
+    assert not failed
     curated = _rows(storage, "rebalanced_images")
     kept = {r["sample_id"] for r in curated.to_pylist() if r["kept"]}
     assert len(kept) == 7
@@ -139,7 +141,7 @@ def test_opt_out_removes_a_curated_sample_from_every_shard_on_recuration(pipelin
     store = TableStore(storage)
     add_opt_outs(store, [make("artist", "jane doe", reason="request 7")])
     second = run_pipeline([], storage, CONFIG)
-    assert all(s["passed"] for s in second if "check" in s and s["check"] != "loss_falls")
+    assert checks_passed(second)
     ocr = {r["sample_id"]: r for r in _rows(storage, "ocr_annotations").to_pylist()}
     sign_id = next(sid for sid, r in ocr.items() if "OPEN" in r["text"])
     for stage in ("256", "512", "1024"):
