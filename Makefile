@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install system-deps bench-deps demo test lint bench corpus clean
+.PHONY: install system-deps bench-deps demo test lint bench bench-scale corpus clean
 
 install: $(STAMP) system-deps
 
@@ -41,9 +41,16 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+# The lighter benchmarks (~15 min on 2 cores), one after another; all but ingest also write bench/results/<name>.md.
 bench: install bench-deps
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ocr_eval.py
+	$(BIN)/python bench/caption_throughput.py
+	$(BIN)/python bench/train_bench.py
+
+# Hierarchical k-means over 100k / 300k / 1M x 512-d embeddings (issue 6): ~10 min and ~3 GiB; run on a quiet machine.
+bench-scale: install
+	$(BIN)/python bench/kmeans_scale.py
 
 # Rebuild examples/corpus from ../shared/data/corpus_dev (deterministic).
 corpus: install
