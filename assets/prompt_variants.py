@@ -21,7 +21,7 @@ from orchestration.sample_parts import current_rows, plan_sample_parts
 from orchestration.storage import SUCCESS_MARKER
 
 ASSET = "prompt_variants"
-VARIANTS_CODE_VERSION = "variants-1"
+VARIANTS_CODE_VERSION = "variants-2"
 
 VARIANTS_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),

@@ -750,6 +750,10 @@ def _medium(doc: _Doc, config: VariantConfig) -> str:
     return _render(doc, _plan(doc, mandatory, config.medium_target_words, lo), "medium")
 
 
+# The grounded captioner's field labels ('Title: "..."', 'Tagged ...', 'Taken in ...'): structure, not content.
+_LABEL_WORDS = frozenset({"title", "alt", "description", "described", "tagged", "taken", "made", "credit"})
+
+
 def _tags(doc: _Doc, config: VariantConfig) -> str:
     quotes = _minimal_quotes(doc.quotes)
     free = _free_entities(doc.entities, doc.quotes)
@@ -763,7 +767,7 @@ def _tags(doc: _Doc, config: VariantConfig) -> str:
         w = _bare(t)
         if w.endswith("'s") or w.endswith("’s"):
             w = w[:-2]
-        if len(w) < 3 or w in _STOPWORDS or w.endswith("ly") or not any(ch.isalpha() for ch in w):
+        if len(w) < 3 or w in _STOPWORDS or w in _LABEL_WORDS or w.endswith("ly") or not any(ch.isalpha() for ch in w):
             continue
         if w in entity_words or w in seen or not re.fullmatch(r"[\w'’-]+", w):
             continue
