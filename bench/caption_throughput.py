@@ -4,8 +4,8 @@ expected GPU figures on paper.
     .venv/bin/python bench/caption_throughput.py [--repeat 2] [--out bench/results/caption_throughput.md]
 
 Images: the 36 corpus photos of `examples/corpus/photos` (<= 384 px, with their sidecar titles/captions as
-metadata), 24 rendered text images (2-6 lines of signage/receipt-like text, DejaVu fonts, 16-44 px), and the 39
-full-size originals of `../shared/data/corpus_dev` (77-1,440 px) when present.
+metadata), 24 rendered text images (2-6 lines of signage/receipt-like text, DejaVu fonts, 16-44 px), and the
+full-size originals listed in `../shared/data/corpus_dev/metadata.jsonl` (37, 77-1,440 px) when present.
 
 (a) OCR: `RapidOcrEngine(OcrConfig(threads=1))` (ours, as a 1-CPU Ray actor runs it) against raw rapidocr
     (`RapidOCR()` defaults, 1 onnxruntime thread) on the same images; our detection/recognition split; and ours in
@@ -571,8 +571,10 @@ def write_report(args, load, runtime, sets, ocr_rows, pool_row, grounded_rows, t
     from importlib.metadata import version
 
     grounded_ips = {r["set"]: r["caption_ips"] for r in grounded_rows}
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.machine())
     md = ["# Captioning throughput (`bench/caption_throughput.py`)", "",
-          f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, no GPU; "
+          f"Machine: {cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, no GPU; "
           f"load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}. Date: {date.today().isoformat()}. "
           f"rapidocr {version('rapidocr')}, onnxruntime {version('onnxruntime')}, transformers "
           f"{version('transformers')}, torch {version('torch')}. Best of {args.repeat}; runtime {runtime:.0f} s. "
