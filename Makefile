@@ -41,7 +41,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
-# The lighter benchmarks (~15 min on 2 cores), one after another; all but ingest also write bench/results/<name>.md.
+# The lighter benchmarks (~20 min on 2 cores), one after another; all but ingest also write bench/results/<name>.md.
 bench: install bench-deps
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ocr_eval.py
