@@ -54,6 +54,8 @@ from PIL import Image, ImageDraw, ImageFont
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from captioning.ocr import levenshtein  # noqa: E402 - after the path is set
+
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 FONTS = ["DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf",
          "DejaVuSansCondensed.ttf", "DejaVuSerifCondensed-Bold.ttf"]
@@ -129,19 +131,6 @@ def ocr_dev_sets(data: Path) -> tuple[list[Sample], list[Sample]]:
             receipts.append((f"{key}#{i}", img.crop((int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1)))),
                              region["text"]))
     return scene, receipts
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions of one character each)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def collapse_ws(s: str) -> str:

@@ -157,6 +157,19 @@ _SCRIPTS = {"LATIN": "latin", "CYRILLIC": "cyrillic", "GREEK": "greek", "ARABIC"
 _SCRIPT_ORDER = ["latin", "cyrillic", "greek", "arabic", "hebrew", "devanagari", "thai", "cjk", "other"]
 
 
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions of one character each)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
 def script_of(text: str) -> str:
     """The majority script of the letters in `text` (see the module docstring); 'und' without letters.
 

@@ -18,6 +18,7 @@ from captioning.ocr import (
     OcrResult,
     PaddleOcrEngine,
     RapidOcrEngine,
+    levenshtein,
     load_engine,
     reading_order,
     script_of,
@@ -25,16 +26,6 @@ from captioning.ocr import (
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 OCR_DEV = Path(__file__).resolve().parents[3] / "shared" / "data" / "ocr_dev"
-
-
-def levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 @pytest.fixture(scope="module")
