@@ -1,8 +1,8 @@
 """`captions`: OCR first, then metadata, then a captioner's world knowledge, for every curated image."""
 
-import hashlib
 import json
 from dataclasses import asdict
+from functools import partial
 
 import dagster as dg
 import pyarrow as pa
@@ -10,16 +10,25 @@ from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.ocr_annotations import ASSET as OCR
-from assets.ocr_annotations import curated_refs, group_by_source, ocr_annotations
+from assets.ocr_annotations import ocr_annotations
 from captioning.captioner import CaptionerConfig, CaptionInput, load_captioner
 from captioning.grounding import missing_ocr_lines
-from curation.decisions import Decision, StageCounts, decisions_table
+from curation.decisions import Decision, StageCounts
 from curation.image_io import load_rgb
-from curation.stage import ModelStage, StageResources
-from orchestration.ray_adapter import Throughput, run_units_on_actors
+from curation.stage import StageResources
+from orchestration.reads import ReadStats, read_located
 from orchestration.resources import ModelSettings, StorageResource
-from orchestration.sample_parts import current_rows, plan_sample_parts, read_images
-from orchestration.storage import SUCCESS_MARKER
+from orchestration.sample_parts import (
+    asset_locator,
+    curated_samples,
+    current_rows,
+    plan_sample_parts,
+    sample_units,
+    source_locator,
+)
+from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage, setup_model
+from orchestration.stage_runner import config_hash as stage_hash
+from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "captions"
 CAPTIONS_CODE_VERSION = "captions-1"
@@ -73,69 +82,67 @@ class CaptionsConfig(dg.Config):
             device=models.device_for(self.device, self.num_gpus_per_actor))
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _entities(inputs: dict) -> list[str]:
     meta = inputs.get("metadata") or {}
     return [str(meta[k]) for k in ("title", "place", "creator") if isinstance(meta.get(k), str) and meta[k]]
 
 
-def caption_part(stage: ModelStage, task: tuple) -> dict:
-    """Actor task body: caption one part of images with the actor's captioner."""
-    store, index, refs, config_hash, run_id = task
-    images = read_images(store, refs, columns=("sample_id", "source_uri", "image", "metadata")).to_pylist()
-    ids = [r["sample_id"] for r in images]
-    ocr = {r["sample_id"]: r for r in current_rows(store, OCR, ids, columns=["sample_id", "lines"]).to_pylist()}
+def _failed_row(sid: str, uri: str, backend: str, failure: str, detail: str) -> dict:
+    return {"sample_id": sid, "source_uri": uri, "caption": "", "backend": backend, "model": "",
+            "prompt_version": "", "inputs": "{}", "attempts": 0, "failure": failure, "failure_detail": detail,
+            "fallback_from": None, "quoted": [], "entities": []}
+
+
+def caption_process(captioner, store: TableStore, payload: tuple) -> UnitOutput:
+    """Worker body: caption one unit of curated images with the actor's captioner (OCR lines read alongside)."""
+    wanted, located, located_ocr, backend = payload
+    stats = ReadStats()
+    images = {r["sample_id"]: r for r in read_located(store, located, ["sample_id", "source_uri", "image",
+                                                                        "metadata"], stats).to_pylist()}
+    ocr = {r["sample_id"]: r for r in read_located(store, located_ocr, ["sample_id", "lines"], stats).to_pylist()}
     inputs, broken = [], []
-    for rec in images:
-        lines = [(line["text"], float(line["score"])) for line in (ocr.get(rec["sample_id"]) or {}).get("lines") or []]
+    for sid, uri in wanted:
+        rec = images.get(sid)
+        if rec is None:  # the source drop was re-ingested without it since curation
+            broken.append((sid, uri, "source_missing", "no source_images row for this sample"))
+            continue
+        lines = [(line["text"], float(line["score"])) for line in (ocr.get(sid) or {}).get("lines") or []]
         try:
-            inputs.append(CaptionInput(rec["sample_id"], load_rgb(rec["image"]), lines, json.loads(rec["metadata"]),
+            inputs.append(CaptionInput(sid, load_rgb(rec["image"]), lines, json.loads(rec["metadata"]),
                                        rec["source_uri"]))
         except Exception as exc:  # corrupted storage: recorded as a failed caption, the part goes on
-            broken.append((rec, f"{type(exc).__name__}: {exc}"))
-    results = stage.model.caption_batch(inputs) if inputs else []
-    uri = {r["sample_id"]: r["source_uri"] for r in images}
+            broken.append((sid, rec["source_uri"], "caption_backend_error", f"{type(exc).__name__}: {exc}"))
+    results = captioner.caption_batch(inputs) if inputs else []
+    uri_of = {item.sample_id: item.source_uri for item in inputs}
     rows, decisions = [], []
     counts = StageCounts()
-    for _, res in zip(inputs, results, strict=True):
+    for res in results:
         counts.total += 1
-        quoted = list(res.inputs.get("ocr_lines") or [])
+        uri = uri_of[res.sample_id]
         failure = res.failure
         if failure is None and not res.caption:
             failure = "caption_empty"
-        rows.append({"sample_id": res.sample_id, "source_uri": uri[res.sample_id], "caption": res.caption or "",
+        rows.append({"sample_id": res.sample_id, "source_uri": uri, "caption": res.caption or "",
                      "backend": res.backend, "model": res.model, "prompt_version": res.prompt_version,
                      "inputs": json.dumps(res.inputs, sort_keys=True, default=str), "attempts": res.attempts,
                      "failure": failure, "failure_detail": res.failure_detail, "fallback_from": res.fallback_from,
-                     "quoted": quoted, "entities": _entities(res.inputs)})
+                     "quoted": list(res.inputs.get("ocr_lines") or []), "entities": _entities(res.inputs)})
         if failure and not res.caption:
             counts.dropped[failure] += 1
-            decisions.append(Decision(res.sample_id, uri[res.sample_id], "caption", "drop", failure,
+            decisions.append(Decision(res.sample_id, uri, "caption", "drop", failure,
                                       details={"detail": res.failure_detail, "attempts": res.attempts,
                                                "backend": res.backend, "model": res.model}))
         else:
             counts.kept += 1
             if failure:  # a VLM failure replaced by the grounded caption: kept, and the ledger says so
-                decisions.append(Decision(res.sample_id, uri[res.sample_id], "caption", "keep",
-                                          f"fallback_after_{failure}", details={"detail": res.failure_detail}))
-    for rec, error in broken:
+                decisions.append(Decision(res.sample_id, uri, "caption", "keep", f"fallback_after_{failure}",
+                                          details={"detail": res.failure_detail}))
+    for sid, uri, reason, detail in broken:
         counts.total += 1
-        counts.dropped["caption_backend_error"] += 1
-        rows.append({"sample_id": rec["sample_id"], "source_uri": rec["source_uri"], "caption": "",
-                     "backend": stage.config.backend, "model": "", "prompt_version": "", "inputs": "{}",
-                     "attempts": 0, "failure": "caption_backend_error", "failure_detail": error,
-                     "fallback_from": None, "quoted": [], "entities": []})
-        decisions.append(Decision(rec["sample_id"], rec["source_uri"], "caption", "drop", "caption_backend_error",
-                                  details={"detail": error}))
-    summary = {"unit": index, "config_hash": config_hash, "run_id": run_id, "counts": counts.to_dict()}
-    store.write_parquet(store.part_path("decisions/" + ASSET, None, index),
-                        decisions_table(decisions, run_id, CAPTIONS_CODE_VERSION), summary)
-    store.write_parquet(store.part_path(ASSET, None, index), pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA),
-                        summary)
-    return summary
+        counts.dropped[reason] += 1
+        rows.append(_failed_row(sid, uri, backend, reason, detail))
+        decisions.append(Decision(sid, uri, "caption", "drop", reason, details={"detail": detail}))
+    return UnitOutput(pa.Table.from_pylist(rows, schema=CAPTIONS_SCHEMA), decisions, counts, stats.bytes)
 
 
 @dg.asset(
@@ -159,16 +166,21 @@ def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage:
     safe = {k: v for k, v in asdict(captioner_config).items() if k != "api_key_env"}
     ocr_marker = store.read_json(f"{store.dir(OCR)}/{SUCCESS_MARKER}") or {}
     # captions are recomputed when the OCR that feeds them changes its configuration
-    chash = _hash({"config": safe, "code": CAPTIONS_CODE_VERSION, "ocr": ocr_marker.get("config_hash")})
+    chash = stage_hash({"config": safe, "code": CAPTIONS_CODE_VERSION, "ocr": ocr_marker.get("config_hash")})
     with store.lock(ASSET, owner=context.run.run_id):
-        wanted, source = curated_refs(store)
-        done, plans, retired = plan_sample_parts(store, ASSET, chash, wanted, config.rows_per_part)
-        stage = ModelStage(ASSET, load_captioner, captioner_config,
-                           StageResources(num_cpus=config.num_cpus_per_actor, num_gpus=config.num_gpus_per_actor))
-        tasks = [(store, p.index, group_by_source(p.sample_ids, source), chash, context.run.run_id) for p in plans]
-        clock = Throughput()
-        computed = sum(s["counts"]["total"] for s in run_units_on_actors(stage, caption_part, tasks))
-        rate = clock.per_second(computed)
+        curated = curated_samples(store)
+        wanted = curated.ids
+        locator = source_locator(store, curated.source.values(), wanted)
+        done, plans, retired = plan_sample_parts(store, ASSET, chash, wanted, config.rows_per_part, locator)
+        ocr_locator = asset_locator(store, OCR, {s for p in plans for s in p.sample_ids})
+        units = [Unit(u.index, (*u.payload[:2], ocr_locator.group(s for s, _ in u.payload[0]),
+                                captioner_config.backend), u.fingerprint, u.inputs)
+                 for u in sample_units(plans, curated, locator, chash)]
+        stage = PartStage(ASSET, None, CAPTIONS_CODE_VERSION, chash, rows_are="all", append=True,
+                          setup=partial(setup_model, load_captioner, captioner_config), process=caption_process,
+                          resources=StageResources(num_cpus=config.num_cpus_per_actor,
+                                                   num_gpus=config.num_gpus_per_actor))
+        report = run_stage(store, stage, units, context.run.run_id, context.log)
         rows = current_rows(store, ASSET, wanted)
     records = rows.to_pylist()
     failed = [r for r in records if not r["caption"]]
@@ -184,16 +196,15 @@ def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage:
                                                              "rows": rows.num_rows})
     examples = "\n".join(f"- `{r['sample_id'][:12]}` ({r['backend']}): {r['caption'][:300]}"
                          for r in records[:5] if r["caption"])
-    metadata = {"total": len(wanted), "kept": len(records) - len(failed), "dropped": len(failed),
-                **{f"dropped_{k}": v for k, v in sorted(reasons.items())}, "computed_now": computed,
-                "reused": len(done & set(wanted)), "parts_retired": retired,
-                "captions_per_second": round(rate, 3), "backend": captioner_config.backend,
+    metadata = {**report.metadata(store), "total": len(wanted), "kept": len(records) - len(failed),
+                "dropped": len(failed), **{f"dropped_{k}": v for k, v in sorted(reasons.items())},
+                "reused": len(done & set(wanted)), "parts_retired": retired, "backend": captioner_config.backend,
                 "model": captioner_config.model or captioner_config.model_path or "embedded",
-                "examples": dg.MetadataValue.md(examples or "-"), "dagster/row_count": len(records) - len(failed),
-                "path": dg.MetadataValue.path(store.uri(store.dir(ASSET)))}
+                "examples": dg.MetadataValue.md(examples or "-"), "dagster/row_count": len(records) - len(failed)}
     checks = [
-        dg.AssetCheckResult(check_name="accounting", passed=len(records) == len(wanted),
-                            metadata={"wanted": len(wanted), "rows": len(records), "failed": len(failed)}),
+        dg.AssetCheckResult(check_name="accounting", passed=len(records) == len(wanted) and report.accounting_passed,
+                            metadata={"wanted": len(wanted), "rows": len(records), "failed": len(failed),
+                                      **{f"this_run_{k}": v for k, v in report.accounting.items()}}),
         dg.AssetCheckResult(check_name="ocr_grounding", passed=not ungrounded,
                             metadata={"ungrounded": len(ungrounded), "examples": json.dumps(ungrounded[:5])}),
         dg.AssetCheckResult(check_name="provenance", passed=not no_provenance,

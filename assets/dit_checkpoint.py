@@ -194,7 +194,7 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
 
     model_cfg, train_cfg, recipe = config.configs(stage)
     parts, rows, init_from, previous_input = _inputs(store, stage)
-    shard_ids = [(posixpath.basename(p), (store.part_summary(p) or {}).get("input_id")) for p in parts]
+    shard_ids = [(posixpath.basename(p), (store.part_summary(p) or {}).get("fingerprint")) for p in parts]
     shards = [store.uri(p) for p in parts]  # what the training nodes open: paths, or URIs on object storage
     # What the weights depend on; not the step count (raising `steps` continues the run) nor the logging cadence.
     train_identity = {k: v for k, v in asdict(train_cfg).items() if k not in RESUMABLE_FIELDS}

@@ -1,28 +1,29 @@
 """`exclusion_signals`: AI-generated, NSFW and artifact signals and stage eligibility for every source image."""
 
-import hashlib
 import json
 from dataclasses import asdict
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.ai_image_probe import ai_image_probe, load_probe
 from assets.image_features import ASSET as FEATURES
-from assets.image_features import image_features
+from assets.image_features import image_features, source_part_units
 from assets.source_images import source_drops, source_images
-from curation.decisions import StageCounts, decisions_table
+from curation.decisions import StageCounts
 from curation.exclusion import EXCLUSION_CODE_VERSION, ExclusionConfig, assess, exclusion_schema
 from curation.features import embedding_matrix
 from curation.probe import Probe
 from curation.quality import QualityConfig
-from orchestration.ray_adapter import Throughput, run_units
+from curation.stage import StageResources
+from orchestration.reads import ReadStats, iter_part
 from orchestration.resources import StorageResource
-from orchestration.storage import SUCCESS_MARKER, TableStore
+from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage
+from orchestration.stage_runner import config_hash as stage_hash
+from orchestration.storage import TableStore
 
 ASSET = "exclusion_signals"
 
@@ -57,16 +58,14 @@ class ExclusionSignalsConfig(dg.Config):
                                   max_detail_loss=self.max_detail_loss))
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def exclusion_for_part(task: tuple) -> dict:
-    """Ray task body: signals for one source part; writes the ledger part, then the signals part."""
-    store, partition, index, source_path, features_path, input_id, config, run_id, probe_json = task
-    with store.fs.open_input_file(source_path) as f:
-        source = pq.read_table(f, columns=["sample_id", "source_uri", "image", "format", "metadata"])
-    features = store.read_part(features_path, ["source_uri", "nsfw_score", "embedding", "embedding_model"])
+def exclusion_process(_state, store: TableStore, payload: tuple) -> UnitOutput:
+    """Worker body: signals of one source part (its features part alongside); drops go to the ledger."""
+    source_path, features_path, config, probe_json = payload
+    stats = ReadStats()
+    source = pa.concat_tables(list(iter_part(store, source_path, ["sample_id", "source_uri", "image", "format",
+                                                                  "metadata"], 1 << 30, stats)))
+    features = pa.concat_tables(list(iter_part(store, features_path, ["source_uri", "nsfw_score", "embedding",
+                                                                      "embedding_model"], 1 << 30, stats)))
     uris = features.column("source_uri").to_pylist()
     nsfw = dict(zip(uris, features.column("nsfw_score").to_pylist(), strict=True))
     probe_scores: dict[str, float] = {}
@@ -90,13 +89,8 @@ def exclusion_for_part(task: tuple) -> dict:
             counts.dropped[decision.reason] += 1
         for signal in row["ai_signals"]:
             counts.notes[f"ai_signal_{signal.split(':', 1)[0]}"] += 1
-    schema = exclusion_schema(config.quality.stages)
-    table = pa.Table.from_pylist(rows, schema=schema)
-    summary = {"unit": index, "input_id": input_id, "run_id": run_id, "counts": counts.to_dict()}
-    store.write_parquet(store.part_path("decisions/" + ASSET, partition, index),
-                        decisions_table(decisions, run_id, EXCLUSION_CODE_VERSION), summary)
-    store.write_parquet(store.part_path(ASSET, partition, index), table, summary)
-    return summary
+    table = pa.Table.from_pylist(rows, schema=exclusion_schema(config.quality.stages))
+    return UnitOutput(table, decisions, counts, stats.bytes)
 
 
 @dg.asset(
@@ -114,54 +108,36 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
     partition = context.partition_key
     store: TableStore = storage.store()
     exclusion_config = config.to_exclusion_config()
-    chash = _hash({"config": asdict(exclusion_config), "code": EXCLUSION_CODE_VERSION})
-    sources = store.list_parts(store.dir("source_images", partition))
-    features = store.list_parts(store.dir(FEATURES, partition))
-    if not sources or len(features) != len(sources):
-        raise RuntimeError(f"{partition!r}: materialize source_images and image_features first "
-                           f"({len(sources)} source part(s), {len(features)} feature part(s))")
-    for directory in (store.dir(ASSET, partition), store.decisions_dir(ASSET, partition)):
-        store.remove_parts_from(directory, len(sources))
     probe = load_probe(store)
-    probe_json = probe.to_json() if probe else None
     if probe is None:
         context.log.warning("no ai_image_probe trained: the learned-probe signal is off for this run")
-    todo, reused = [], 0
-    for index, (src, feat) in enumerate(zip(sources, features, strict=True)):
-        input_id = _hash([store.part_summary(src), store.part_summary(feat), chash, probe.version if probe else None])
-        done = store.part_summary(store.part_path(ASSET, partition, index))
-        if done and done.get("input_id") == input_id and store.exists(
-                store.part_path("decisions/" + ASSET, partition, index)):
-            reused += 1
-            continue
-        todo.append((store, partition, index, src, feat, input_id, exclusion_config, context.run.run_id,
-                     probe_json))
-    clock = Throughput()
-    computed = sum(s["counts"]["total"] for s in run_units(exclusion_for_part, todo, num_cpus=1.0))
-    rate = clock.per_second(computed)
-
-    counts = StageCounts()
-    for index in range(len(sources)):
-        counts.add(StageCounts.from_dict(store.part_summary(store.part_path(ASSET, partition, index))["counts"]))
+    chash = stage_hash({"config": asdict(exclusion_config), "code": EXCLUSION_CODE_VERSION,
+                        "probe": probe.version if probe else None})
+    sources = source_part_units(store, partition)
+    features = store.list_parts(store.dir(FEATURES, partition))
+    if len(features) != len(sources):
+        raise RuntimeError(f"{partition!r}: materialize image_features first ({len(sources)} source part(s), "
+                           f"{len(features)} feature part(s))")
+    probe_json = probe.to_json() if probe else None
+    units = [Unit(u.index, (u.payload, feat, exclusion_config, probe_json),
+                  stage_hash([u.fingerprint, store.part_summary(feat)]), u.inputs)
+             for u, feat in zip(sources, features, strict=True)]
+    stage = PartStage(ASSET, partition, EXCLUSION_CODE_VERSION, chash, setup=_no_state, process=exclusion_process,
+                      rows_are="all", resources=StageResources(num_cpus=1.0))
+    report = run_stage(store, stage, units, context.run.run_id, context.log)
     table = store.read_table(store.dir(ASSET, partition), columns=["excluded", *[f"eligible_{s}" for s in
                                                                                 exclusion_config.quality.stages]])
-    ledger = store.read_table(store.decisions_dir(ASSET, partition), columns=["decision", "reason"])
-    source_rows = store.read_table(store.dir("source_images", partition), columns=["sample_id"]).num_rows
     excluded = int(pc.sum(table.column("excluded")).as_py() or 0) if table.num_rows else 0
-    passed = table.num_rows == source_rows and excluded == ledger.num_rows and counts.balanced()
-    store.write_json(f"{store.dir(ASSET, partition)}/{SUCCESS_MARKER}",
-                     {"config_hash": chash, "code_version": EXCLUSION_CODE_VERSION, "run_id": context.run.run_id,
-                      "parts": len(sources), "counts": counts.to_dict(),
-                      "probe_version": probe.version if probe else None,
-                      "input_ids": [store.part_summary(store.part_path(ASSET, partition, i))["input_id"]
-                                    for i in range(len(sources))]})
     eligible = {f"eligible_{s}": int(pc.sum(table.column(f"eligible_{s}")).as_py() or 0)
                 for s in exclusion_config.quality.stages} if table.num_rows else {}
-    metadata = {**counts.to_dict(), **eligible, "dagster/row_count": table.num_rows, "parts": len(sources),
-                "parts_reused": reused, "images_per_second": round(rate, 2),
-                "probe_version": probe.version if probe else "none",
-                "path": dg.MetadataValue.path(store.uri(store.dir(ASSET, partition)))}
-    check = dg.AssetCheckResult(check_name="accounting", passed=passed,
-                                metadata={"source_rows": source_rows, "rows": table.num_rows, "excluded": excluded,
-                                          "ledger_rows": ledger.num_rows})
+    metadata = {**report.metadata(store), **eligible, "dagster/row_count": table.num_rows,
+                "probe_version": probe.version if probe else "none"}
+    check = report.accounting_check()
+    passed = check.passed and excluded == report.accounting["dropped"]
+    check = dg.AssetCheckResult(check_name="accounting", passed=passed, severity=check.severity,
+                                metadata={**report.accounting, "excluded_rows": excluded})
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+def _no_state():
+    return None

@@ -1,23 +1,24 @@
 """`image_features`: perceptual hashes, an embedding and the NSFW score of every kept source image, per drop."""
 
-import hashlib
-import json
 from dataclasses import asdict
+from functools import partial
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster_ray import RayResource
 from pydantic import Field
 
 from assets.source_images import source_drops, source_images
+from curation.decisions import StageCounts
 from curation.embedding import EmbeddingConfig
 from curation.features import FEATURES_CODE_VERSION, PASS_THROUGH, FeatureConfig, FeatureExtractor
 from curation.stage import StageResources
-from orchestration.ray_adapter import Throughput, run_units_on_actors
+from orchestration.reads import ReadStats, iter_part, part_rows
 from orchestration.resources import ModelSettings, StorageResource
-from orchestration.storage import SUCCESS_MARKER, TableStore
+from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage, setup_model
+from orchestration.stage_runner import config_hash as stage_hash
+from orchestration.storage import TableStore
 
 ASSET = "image_features"
 
@@ -47,32 +48,22 @@ class ImageFeaturesConfig(dg.Config):
         )
 
 
-def _config_hash(config: FeatureConfig) -> str:
-    payload = json.dumps({"config": asdict(config), "code": FEATURES_CODE_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def features_process(extractor: FeatureExtractor, store: TableStore, payload: str) -> UnitOutput:
+    """Worker body: features of one `source_images` part, in batches of the configured size."""
+    stats = ReadStats()
+    tables = [extractor.process_batch(batch) for batch in iter_part(
+        store, payload, [*PASS_THROUGH, "image"], extractor.resources.batch_size, stats)]
+    rows = pa.concat_tables(tables) if tables else extractor.empty_table()
+    return UnitOutput(rows, [], StageCounts(total=rows.num_rows, kept=rows.num_rows), stats.bytes)
 
 
-def _input_id(summary: dict) -> str:
-    """Identity of an input part: what the ingest wrote into its footer."""
-    return hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def features_for_part(stage: FeatureExtractor, task: tuple) -> dict:
-    """Actor body: features of one `source_images` part, written as the matching `image_features` part."""
-    store, partition, index, in_path, input_id, chash, run_id = task
-    clock = Throughput()
-    with store.fs.open_input_file(in_path) as f:
-        reader = pq.ParquetFile(f)
-        tables = [stage.process_batch(pa.Table.from_batches([batch]))
-                  for batch in reader.iter_batches(batch_size=stage.resources.batch_size,
-                                                   columns=[*PASS_THROUGH, "image"])]
-    rows = pa.concat_tables(tables) if tables else None
-    if rows is None:  # an input part with no kept rows still gets its (empty) output part
-        rows = stage.empty_table()
-    summary = {"unit": index, "input_id": input_id, "config_hash": chash, "run_id": run_id,
-               "counts": {"total": rows.num_rows, "kept": rows.num_rows}, "seconds": round(clock.elapsed(), 3)}
-    store.write_parquet(store.part_path(ASSET, partition, index), rows, summary)
-    return summary
+def source_part_units(store: TableStore, partition: str) -> list[Unit]:
+    """One unit per `source_images` part of the drop: its path, identity (its footer) and row count."""
+    inputs = store.list_parts(store.dir("source_images", partition))
+    if not inputs:
+        raise RuntimeError(f"source_images has no parts for {partition!r}: materialize source_images first")
+    return [Unit(index, path, stage_hash(store.part_summary(path) or {}), part_rows(store, path))
+            for index, path in enumerate(inputs)]
 
 
 @dg.asset(
@@ -82,7 +73,7 @@ def features_for_part(stage: FeatureExtractor, task: tuple) -> dict:
     kinds={"ray", "parquet", "onnx"},
     group_name="features",
     check_specs=[dg.AssetCheckSpec("accounting", asset=ASSET,
-                                   description="one features row per source_images row, same sample ids")],
+                                   description="one features row per source_images row (planned from its parts)")],
 )
 def image_features(context: dg.AssetExecutionContext, config: ImageFeaturesConfig, storage: StorageResource,
                    ray_cluster: RayResource, models: ModelSettings) -> dg.MaterializeResult:
@@ -90,46 +81,18 @@ def image_features(context: dg.AssetExecutionContext, config: ImageFeaturesConfi
     partition = context.partition_key
     store: TableStore = storage.store()
     feature_config = config.to_feature_config(models)
-    chash = _config_hash(feature_config)
-    inputs = store.list_parts(store.dir("source_images", partition))
-    if not inputs:
-        raise RuntimeError(f"source_images has no parts for {partition!r}: materialize source_images first")
-    store.remove_parts_from(store.dir(ASSET, partition), len(inputs))
-    todo = []
-    for index, in_path in enumerate(inputs):
-        input_id = _input_id(store.part_summary(in_path) or {})
-        done = store.part_summary(store.part_path(ASSET, partition, index))
-        if not (done and done.get("input_id") == input_id and done.get("config_hash") == chash):
-            todo.append((store, partition, index, in_path, input_id, chash, context.run.run_id))
-    context.log.info(f"{len(inputs)} part(s), {len(inputs) - len(todo)} already done, {len(todo)} to compute")
-
-    clock = Throughput()
-    computed = sum(s["counts"]["total"] for s in run_units_on_actors(
-        FeatureExtractor(feature_config), features_for_part, todo,
-        progress=lambda d, t: context.log.debug(f"features: {d}/{t} parts")))
-    rate = clock.per_second(computed)
-
-    ids_in = store.read_table(store.dir("source_images", partition), columns=["sample_id"]).column("sample_id")
+    chash = stage_hash({"config": asdict(feature_config), "code": FEATURES_CODE_VERSION})
+    stage = PartStage(ASSET, partition, FEATURES_CODE_VERSION, chash, process=features_process,
+                      setup=partial(setup_model, FeatureExtractor, feature_config),
+                      resources=feature_config.resources)
+    report = run_stage(store, stage, source_part_units(store, partition), context.run.run_id, context.log)
     out = store.read_table(store.dir(ASSET, partition), columns=["sample_id", "nsfw_score", "embedding_model"])
-    passed = out.num_rows == len(ids_in) and sorted(out.column("sample_id").to_pylist()) == sorted(ids_in.to_pylist())
     nsfw = out.column("nsfw_score").to_numpy() if out.num_rows else np.zeros(0)
-    models = sorted(set(out.column("embedding_model").to_pylist()))
-    store.write_json(f"{store.dir(ASSET, partition)}/{SUCCESS_MARKER}",
-                     {"config_hash": chash, "code_version": FEATURES_CODE_VERSION, "run_id": context.run.run_id,
-                      "parts": len(inputs), "rows": out.num_rows, "input_ids": [
-                          _input_id(store.part_summary(p) or {}) for p in inputs]})
+    models_used = sorted(set(out.column("embedding_model").to_pylist()))
     metadata = {
-        "total": len(ids_in),
-        "kept": out.num_rows,
-        "dagster/row_count": out.num_rows,
-        "parts": len(inputs),
-        "parts_reused": len(inputs) - len(todo),
-        "images_per_second": round(rate, 2),
-        "embedding_model": ", ".join(models),
+        **report.metadata(store),
+        "embedding_model": ", ".join(models_used),
         "nsfw_score_mean": float(nsfw.mean()) if nsfw.size else 0.0,
         "nsfw_score_p99": float(np.quantile(nsfw, 0.99)) if nsfw.size else 0.0,
-        "path": dg.MetadataValue.path(store.uri(store.dir(ASSET, partition))),
     }
-    check = dg.AssetCheckResult(check_name="accounting", passed=passed,
-                                metadata={"source_rows": len(ids_in), "feature_rows": out.num_rows})
-    return dg.MaterializeResult(metadata=metadata, check_results=[check])
+    return dg.MaterializeResult(metadata=metadata, check_results=[report.accounting_check()])

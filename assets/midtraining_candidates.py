@@ -27,7 +27,7 @@ from curation.midtraining import CANDIDATES_SCHEMA, MidtrainingConfig, Verdict, 
 from curation.plots import thumbnail_table_markdown
 from orchestration import review
 from orchestration.resources import ModelSettings, StorageResource
-from orchestration.sample_parts import current_rows, read_images
+from orchestration.sample_parts import current_rows, read_source_rows
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = review.CANDIDATES
@@ -299,11 +299,8 @@ def _top_markdown(store: TableStore, eligible: pa.Table, table: pa.Table) -> dg.
     top.sort(key=lambda r: (r["rank"] if r["rank"] is not None else -1, -(r["score"] or 0.0)))
     source_of = dict(zip(eligible.column("sample_id").to_pylist(), eligible.column("source").to_pylist(),
                          strict=True))
-    refs: dict[str, list[str]] = {}
-    for r in top:
-        refs.setdefault(source_of[r["sample_id"]], []).append(r["sample_id"])
-    images = {row["sample_id"]: row["image"]
-              for row in read_images(store, refs, columns=("sample_id", "image")).to_pylist()}
+    images = {sid: row["image"] for sid, row in read_source_rows(
+        store, {r["sample_id"]: source_of[r["sample_id"]] for r in top}, ["image"]).items()}
     rows = [{"sample_id": r["sample_id"][:16], "status": r["status"], "reason": r["reason"],
              "score": r["score"] if r["score"] is not None else "-", "cluster": r["cluster"],
              "caption": (r["caption"] or "")[:80]} for r in top]

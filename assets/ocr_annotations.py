@@ -1,23 +1,23 @@
 """`ocr_annotations`: the text in every curated image (only the survivors of the filters, dedup and rebalancing)."""
 
-import hashlib
-import json
 from dataclasses import asdict
+from functools import partial
 
 import dagster as dg
 import pyarrow as pa
 from dagster_ray import RayResource
 from pydantic import Field
 
-from assets.rebalanced_images import ASSET as REBALANCED
 from assets.rebalanced_images import rebalanced_images
 from captioning.ocr import OcrConfig, load_engine
-from curation.decisions import Decision, StageCounts, decisions_table
+from curation.decisions import Decision, StageCounts
 from curation.image_io import load_rgb
-from curation.stage import ModelStage, StageResources
-from orchestration.ray_adapter import Throughput, run_units_on_actors
+from curation.stage import StageResources
+from orchestration.reads import ReadStats, read_located
 from orchestration.resources import ModelSettings, StorageResource
-from orchestration.sample_parts import current_rows, plan_sample_parts, read_images
+from orchestration.sample_parts import curated_samples, current_rows, plan_sample_parts, sample_units, source_locator
+from orchestration.stage_runner import PartStage, UnitOutput, run_stage, setup_model
+from orchestration.stage_runner import config_hash as stage_hash
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "ocr_annotations"
@@ -59,55 +59,37 @@ class OcrAnnotationsConfig(dg.Config):
                          threads=max(1, int(self.num_cpus_per_actor)))
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def ocr_part(stage: ModelStage, task: tuple) -> dict:
-    """Actor task body: OCR one part of images with the actor's engine."""
-    store, index, refs, config_hash, backend, run_id = task
-    images = read_images(store, refs, columns=("sample_id", "source_uri", "image")).to_pylist()
+def ocr_process(engine, store: TableStore, payload: tuple) -> UnitOutput:
+    """Worker body: OCR one unit of curated images with the actor's engine."""
+    wanted, located, backend = payload
+    stats = ReadStats()
+    images = {r["sample_id"]: r for r in read_located(store, located, ["sample_id", "source_uri", "image"],
+                                                          stats).to_pylist()}
     rows, decisions = [], []
     counts = StageCounts()
-    for rec in images:
+    for sid, uri in wanted:
         counts.total += 1
+        rec = images.get(sid)
+        if rec is None:  # the source drop was re-ingested without it since curation
+            decisions.append(Decision(sid, uri, "ocr", "drop", "source_missing"))
+            counts.dropped["source_missing"] += 1
+            continue
         counts.kept += 1  # OCR never removes a sample; a failure is noted and the caption goes on without text
         try:
-            result = stage.model.read(load_rgb(rec["image"]))
-            payload = result.to_json()
-            rows.append({"sample_id": rec["sample_id"], "source_uri": rec["source_uri"], "text": payload["text"],
-                         "lines": payload["lines"], "dropped_low_confidence": result.dropped_low_confidence,
+            result = engine.read(load_rgb(rec["image"]))
+            payload_json = result.to_json()
+            rows.append({"sample_id": sid, "source_uri": rec["source_uri"], "text": payload_json["text"],
+                         "lines": payload_json["lines"], "dropped_low_confidence": result.dropped_low_confidence,
                          "backend": backend, "error": None})
-            counts.notes["with_text"] += bool(payload["text"])
+            counts.notes["with_text"] += bool(payload_json["text"])
         except Exception as exc:  # one image that breaks the engine must not take the part down
             error = f"{type(exc).__name__}: {exc}"
-            rows.append({"sample_id": rec["sample_id"], "source_uri": rec["source_uri"], "text": "", "lines": [],
+            rows.append({"sample_id": sid, "source_uri": rec["source_uri"], "text": "", "lines": [],
                          "dropped_low_confidence": 0, "backend": backend, "error": error})
-            decisions.append(Decision(rec["sample_id"], rec["source_uri"], "ocr", "keep", "ocr_failed",
+            decisions.append(Decision(sid, rec["source_uri"], "ocr", "keep", "ocr_failed",
                                       details={"error": error}))
             counts.notes["ocr_failed"] += 1
-    summary = {"unit": index, "config_hash": config_hash, "run_id": run_id, "counts": counts.to_dict()}
-    store.write_parquet(store.part_path("decisions/" + ASSET, None, index),
-                        decisions_table(decisions, run_id, OCR_CODE_VERSION), summary)
-    store.write_parquet(store.part_path(ASSET, None, index), pa.Table.from_pylist(rows, schema=OCR_SCHEMA), summary)
-    return summary
-
-
-def curated_refs(store: TableStore) -> tuple[list[str], dict[str, str]]:
-    """Kept sample ids after rebalancing (sorted) and the source drop of each."""
-    table = store.read_table(store.dir(REBALANCED), columns=["sample_id", "source", "kept"])
-    if table.num_rows == 0 and not store.exists(f"{store.dir(REBALANCED)}/{SUCCESS_MARKER}"):
-        raise RuntimeError("materialize rebalanced_images (and its upstream assets) first")
-    kept = table.filter(table.column("kept")).to_pylist()
-    source = {r["sample_id"]: r["source"] for r in kept}
-    return sorted(source), source
-
-
-def group_by_source(ids: list[str], source: dict[str, str]) -> dict[str, list[str]]:
-    refs: dict[str, list[str]] = {}
-    for sid in ids:
-        refs.setdefault(source[sid], []).append(sid)
-    return refs
+    return UnitOutput(pa.Table.from_pylist(rows, schema=OCR_SCHEMA), decisions, counts, stats.bytes)
 
 
 @dg.asset(
@@ -115,7 +97,9 @@ def group_by_source(ids: list[str], source: dict[str, str]) -> dict[str, list[st
     code_version=OCR_CODE_VERSION,
     kinds={"ray", "parquet"},
     group_name="captioning",
-    check_specs=[dg.AssetCheckSpec("coverage", asset=ASSET, description="every curated sample has one OCR row"),
+    check_specs=[dg.AssetCheckSpec("accounting", asset=ASSET,
+                                   description="this run's units: planned samples = OCR rows + drops"),
+                 dg.AssetCheckSpec("coverage", asset=ASSET, description="every curated sample has one OCR row"),
                  dg.AssetCheckSpec("confidence", asset=ASSET,
                                    description="no kept line below the confidence threshold")],
 )
@@ -124,17 +108,19 @@ def ocr_annotations(context: dg.AssetExecutionContext, config: OcrAnnotationsCon
     """Full text in reading order and lines with box, score and language, for every curated image."""
     store = storage.store()
     ocr_config = config.to_ocr_config(models)
-    chash = _hash({"config": asdict(ocr_config), "code": OCR_CODE_VERSION})
+    chash = stage_hash({"config": asdict(ocr_config), "code": OCR_CODE_VERSION})
     with store.lock(ASSET, owner=context.run.run_id):
-        wanted, source = curated_refs(store)
-        done, plans, retired = plan_sample_parts(store, ASSET, chash, wanted, config.rows_per_part)
-        stage = ModelStage(ASSET, load_engine, ocr_config,
-                           StageResources(num_cpus=config.num_cpus_per_actor, num_gpus=config.num_gpus_per_actor))
-        tasks = [(store, p.index, group_by_source(p.sample_ids, source), chash, ocr_config.backend,
-                  context.run.run_id) for p in plans]
-        clock = Throughput()
-        computed = sum(s["counts"]["total"] for s in run_units_on_actors(stage, ocr_part, tasks))
-        rate = clock.per_second(computed)
+        curated = curated_samples(store)
+        locator = source_locator(store, curated.source.values(), curated.ids)
+        done, plans, retired = plan_sample_parts(store, ASSET, chash, curated.ids, config.rows_per_part, locator)
+        stage = PartStage(ASSET, None, OCR_CODE_VERSION, chash, setup=partial(setup_model, load_engine, ocr_config),
+                          process=ocr_process, append=True,
+                          resources=StageResources(num_cpus=config.num_cpus_per_actor,
+                                                   num_gpus=config.num_gpus_per_actor))
+        report = run_stage(store, stage, sample_units(plans, curated, locator, chash, (ocr_config.backend,)),
+                           context.run.run_id, context.log)
+        wanted = curated.ids
+        computed = report.computed_inputs
         rows = current_rows(store, ASSET, wanted, columns=["sample_id", "text", "lines", "error"])
     with_text = sum(bool(t) for t in rows.column("text").to_pylist()) if rows.num_rows else 0
     low = sum(1 for lines in (rows.column("lines").to_pylist() if rows.num_rows else [])
@@ -142,12 +128,12 @@ def ocr_annotations(context: dg.AssetExecutionContext, config: OcrAnnotationsCon
     failed = sum(e is not None for e in rows.column("error").to_pylist()) if rows.num_rows else 0
     store.write_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}", {"config_hash": chash, "run_id": context.run.run_id,
                                                              "rows": rows.num_rows, "computed": computed})
-    metadata = {"total": len(wanted), "kept": rows.num_rows, "dropped": 0, "computed_now": computed,
-                "reused": len(done & set(wanted)), "parts_retired": retired, "with_text": with_text,
-                "ocr_failed": failed, "images_per_second": round(rate, 3), "backend": ocr_config.backend,
-                "min_score": ocr_config.min_score, "dagster/row_count": rows.num_rows,
-                "path": dg.MetadataValue.path(store.uri(store.dir(ASSET)))}
-    checks = [dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(wanted),
+    metadata = {**report.metadata(store), "total": len(wanted), "kept": rows.num_rows,
+                "dropped": len(wanted) - rows.num_rows, "reused": len(done & set(wanted)), "parts_retired": retired,
+                "with_text": with_text, "ocr_failed": failed, "backend": ocr_config.backend,
+                "min_score": ocr_config.min_score, "dagster/row_count": rows.num_rows}
+    checks = [report.accounting_check(),
+              dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(wanted),
                                   metadata={"wanted": len(wanted), "rows": rows.num_rows}),
               dg.AssetCheckResult(check_name="confidence", passed=low == 0, metadata={"lines_below": low})]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)

@@ -1,9 +1,9 @@
 """`prompt_variants` (tags / short / medium / long of every caption) and `prompt_expansion_pairs` (short -> long)."""
 
-import hashlib
 import json
 import os
 from dataclasses import asdict
+from functools import partial
 
 import dagster as dg
 import pyarrow as pa
@@ -12,13 +12,15 @@ from pydantic import Field
 
 from assets.captions import ASSET as CAPTIONS
 from assets.captions import captions
-from assets.ocr_annotations import curated_refs
 from captioning.variants import VARIANT_KINDS, VariantConfig, check_variant, expansion_pairs, rewrite_batch
-from curation.stage import ModelStage, StageResources
-from orchestration.ray_adapter import Throughput, run_units_on_actors
+from curation.decisions import Decision, StageCounts
+from curation.stage import StageResources
+from orchestration.reads import ReadStats, read_located
 from orchestration.resources import ModelSettings, StorageResource
-from orchestration.sample_parts import current_rows, plan_sample_parts
-from orchestration.storage import SUCCESS_MARKER
+from orchestration.sample_parts import asset_locator, curated_samples, current_rows, plan_sample_parts, sample_units
+from orchestration.stage_runner import PartStage, UnitOutput, run_stage, setup_model
+from orchestration.stage_runner import config_hash as stage_hash
+from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "prompt_variants"
 VARIANTS_CODE_VERSION = "variants-2"
@@ -91,26 +93,30 @@ def _load_rewriter(config: tuple) -> Rewriter:
     return Rewriter(config)
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def variants_part(stage: ModelStage, task: tuple) -> dict:
-    """Actor task body: rewrite one part of captions."""
-    store, index, sample_ids, config_hash, run_id = task
-    rows = [r for r in current_rows(store, CAPTIONS, sample_ids).to_pylist() if r["caption"]]
-    rewriter: Rewriter = stage.model
+def variants_process(rewriter: Rewriter, store: TableStore, payload: tuple) -> UnitOutput:
+    """Worker body: rewrite one unit of captions into their four variants."""
+    wanted, located = payload
+    stats = ReadStats()
+    captions_of = {r["sample_id"]: r for r in read_located(store, located, ["sample_id", "caption", "quoted",
+                                                                            "entities", "backend"], stats).to_pylist()}
+    rows, decisions = [], []
+    counts = StageCounts()
+    for sid, uri in wanted:
+        counts.total += 1
+        row = captions_of.get(sid)
+        if row is None or not row["caption"]:  # its caption was retired since planning
+            counts.dropped["no_caption"] += 1
+            decisions.append(Decision(sid, uri, "variants", "drop", "no_caption"))
+        else:
+            counts.kept += 1
+            rows.append(row)
     items = [{"caption": r["caption"], "quoted": r["quoted"], "entities": r["entities"]} for r in rows]
     results = rewrite_batch(items, rewriter.config, rewriter.generator) if items else []
     out = [{"sample_id": r["sample_id"], **{k: getattr(v, k) for k in VARIANT_KINDS}, "backend": v.backend,
             "model": v.model, "prompt_version": v.prompt_version, "fallback_reason": v.fallback_reason,
             "caption_backend": r["backend"], "quoted": r["quoted"], "entities": r["entities"]}
            for r, v in zip(rows, results, strict=True)]
-    summary = {"unit": index, "config_hash": config_hash, "run_id": run_id,
-               "counts": {"total": len(rows), "kept": len(out), "dropped": 0}}
-    store.write_parquet(store.part_path(ASSET, None, index), pa.Table.from_pylist(out, schema=VARIANTS_SCHEMA),
-                        summary)
-    return summary
+    return UnitOutput(pa.Table.from_pylist(out, schema=VARIANTS_SCHEMA), decisions, counts, stats.bytes)
 
 
 @dg.asset(
@@ -131,22 +137,22 @@ def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsCon
     store = storage.store()
     variant_config = config.to_variant_config(models)
     captions_marker = store.read_json(f"{store.dir(CAPTIONS)}/{SUCCESS_MARKER}") or {}
-    chash = _hash({"config": asdict(variant_config), "endpoint": config.endpoint, "code": VARIANTS_CODE_VERSION,
-                   "captions": captions_marker.get("config_hash"),
-                   **({"generation": [config.max_new_tokens]} if config.backend == "transformers" else {})})
+    chash = stage_hash({"config": asdict(variant_config), "endpoint": config.endpoint,
+                        "code": VARIANTS_CODE_VERSION, "captions": captions_marker.get("config_hash"),
+                        **({"generation": [config.max_new_tokens]} if config.backend == "transformers" else {})})
     with store.lock(ASSET, owner=context.run.run_id):
-        wanted, _ = curated_refs(store)
-        captioned = [r["sample_id"] for r in current_rows(store, CAPTIONS, wanted,
+        curated = curated_samples(store)
+        captioned = [r["sample_id"] for r in current_rows(store, CAPTIONS, curated.ids,
                                                           ["sample_id", "caption"]).to_pylist() if r["caption"]]
-        done, plans, retired = plan_sample_parts(store, ASSET, chash, captioned, config.rows_per_part)
-        stage = ModelStage(ASSET, _load_rewriter, (variant_config, config.endpoint, config.api_key_env,
-                                                      {"max_new_tokens": config.max_new_tokens,
-                                                       "batch_size": config.batch_size}),
-                           StageResources(num_cpus=1.0, num_gpus=config.num_gpus_per_actor))
-        tasks = [(store, p.index, p.sample_ids, chash, context.run.run_id) for p in plans]
-        clock = Throughput()
-        computed = sum(s["counts"]["total"] for s in run_units_on_actors(stage, variants_part, tasks))
-        rate = clock.per_second(computed)
+        locator = asset_locator(store, CAPTIONS, captioned)
+        done, plans, retired = plan_sample_parts(store, ASSET, chash, captioned, config.rows_per_part, locator)
+        stage = PartStage(ASSET, None, VARIANTS_CODE_VERSION, chash, append=True, process=variants_process,
+                          setup=partial(setup_model, _load_rewriter,
+                                        (variant_config, config.endpoint, config.api_key_env,
+                                         {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size})),
+                          resources=StageResources(num_cpus=1.0, num_gpus=config.num_gpus_per_actor))
+        report = run_stage(store, stage, sample_units(plans, curated, locator, chash), context.run.run_id,
+                           context.log)
         rows = current_rows(store, ASSET, captioned)
     records = rows.to_pylist()
     bound_problems, kept_problems, fallbacks = [], [], 0
@@ -162,16 +168,18 @@ def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsCon
     words = {k: round(sum(len(r[k].split()) for r in records) / max(1, len(records)), 1) for k in VARIANT_KINDS}
     example = records[0] if records else None
     table = "\n".join(f"| {k} | {example[k][:200]} |" for k in VARIANT_KINDS) if example else ""
-    metadata = {"total": len(captioned), "kept": rows.num_rows, "dropped": 0, "computed_now": computed,
-                "reused": len(done & set(captioned)), "parts_retired": retired, "llm_fallbacks": fallbacks,
-                "variants_per_second": round(rate, 2), "backend": variant_config.backend,
+    metadata = {**report.metadata(store), "total": len(captioned), "kept": rows.num_rows,
+                "dropped": len(captioned) - rows.num_rows, "reused": len(done & set(captioned)),
+                "parts_retired": retired, "llm_fallbacks": fallbacks, "backend": variant_config.backend,
                 **{f"mean_words_{k}": v for k, v in words.items()},
                 "length_distribution": dg.MetadataValue.json(variant_config.length_distribution),
                 "example": dg.MetadataValue.md(f"| variant | text |\n| --- | --- |\n{table}" if table else "-"),
-                "dagster/row_count": rows.num_rows, "path": dg.MetadataValue.path(store.uri(store.dir(ASSET)))}
+                "dagster/row_count": rows.num_rows}
     checks = [
-        dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(captioned),
-                            metadata={"captions": len(captioned), "rows": rows.num_rows}),
+        dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(captioned)
+                            and report.accounting_passed,
+                            metadata={"captions": len(captioned), "rows": rows.num_rows,
+                                      **{f"this_run_{k}": v for k, v in report.accounting.items()}}),
         dg.AssetCheckResult(check_name="length_bounds", passed=not bound_problems,
                             metadata={"problems": len(bound_problems), "examples": json.dumps(bound_problems[:5])}),
         dg.AssetCheckResult(check_name="quoted_text_kept", passed=not kept_problems,
@@ -191,7 +199,7 @@ def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsCon
 def prompt_expansion_pairs(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
     """(short -> long) pairs of every curated caption: the training data of a prompt expander."""
     store = storage.store()
-    wanted, _ = curated_refs(store)
+    wanted = curated_samples(store).ids
     rows = current_rows(store, ASSET, wanted, ["sample_id", "short", "long"]).to_pylist()
     pairs = expansion_pairs(rows)
     table = pa.Table.from_pylist(pairs, schema=pa.schema([("short", pa.string()), ("long", pa.string()),

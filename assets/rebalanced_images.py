@@ -26,7 +26,7 @@ from curation.plots import cluster_size_plot, concept_frequency_plot, png_markdo
 from curation.rebalance import REBALANCE_CODE_VERSION, RebalanceConfig, rebalance
 from orchestration.opt_outs import load_opt_outs
 from orchestration.resources import StorageResource
-from orchestration.sample_parts import read_images
+from orchestration.sample_parts import read_source_rows
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "rebalanced_images"
@@ -82,11 +82,8 @@ def concept_texts(metadata_json: str, source_uri: str) -> list[str]:
 
 def _metadata(store: TableStore, curated: pa.Table) -> dict[str, str]:
     """sample_id -> its ingest metadata JSON."""
-    refs: dict[str, list[str]] = {}
-    for sid, src in zip(curated.column("sample_id").to_pylist(), curated.column("source").to_pylist(), strict=True):
-        refs.setdefault(src, []).append(sid)
-    rows = read_images(store, refs, columns=("sample_id", "metadata")).to_pylist()
-    return {r["sample_id"]: r["metadata"] for r in rows}
+    source_of = dict(zip(curated.column("sample_id").to_pylist(), curated.column("source").to_pylist(), strict=True))
+    return {sid: r["metadata"] for sid, r in read_source_rows(store, source_of, ["metadata"]).items()}
 
 
 def _plots(store: TableStore, result, table: pa.Table) -> dict:
@@ -104,14 +101,12 @@ def _plots(store: TableStore, result, table: pa.Table) -> dict:
     top_labels = np.array([path[-1] for path in table.column("cluster_path").to_pylist()]) if table.num_rows else []
     ids = np.array(table.column("sample_id").to_pylist())
     sources = np.array(table.column("source").to_pylist())
-    for cluster in np.argsort(-top, kind="stable")[:5]:
-        if top[cluster] == 0:
-            break
-        members = np.flatnonzero(top_labels == cluster)[:4]
-        refs: dict[str, list[str]] = {}
-        for m in members:
-            refs.setdefault(str(sources[m]), []).append(str(ids[m]))
-        images = read_images(store, refs, columns=("sample_id", "image")).column("image").to_pylist()
+    largest = [c for c in np.argsort(-top, kind="stable")[:5] if top[c] > 0]
+    members = {int(c): np.flatnonzero(top_labels == c)[:4] for c in largest}
+    pictures = read_source_rows(store, {str(ids[m]): str(sources[m]) for ms in members.values() for m in ms},
+                                ["image"])  # one read of every thumbnail's row groups
+    for cluster in largest:
+        images = [pictures[str(ids[m])]["image"] for m in members[int(cluster)] if str(ids[m]) in pictures]
         rows.append({"cluster": int(cluster), "before": int(top[cluster]), "after": round(float(after[-1][cluster]),
                                                                                          1)})
         thumbs.append(images)

@@ -1,7 +1,6 @@
 """`training_shards`: per curriculum stage, the eligible curated samples resized into aspect buckets, with every prompt
 variant, the sample weight and provenance."""
 
-import hashlib
 import io
 import json
 from dataclasses import asdict
@@ -18,13 +17,16 @@ from assets.prompt_variants import ASSET as VARIANTS
 from assets.prompt_variants import prompt_variants
 from assets.rebalanced_images import ASSET as REBALANCED
 from assets.rebalanced_images import rebalanced_images
-from curation.decisions import Decision, StageCounts, decisions_table
+from curation.decisions import Decision, StageCounts
 from curation.opt_out import opt_out_decision
 from curation.shards import SHARD_CODE_VERSION, SHARD_SCHEMA, VARIANT_KINDS, ShardConfig, aspect_buckets, prepare
+from curation.stage import StageResources
 from orchestration.opt_outs import load_opt_outs
-from orchestration.ray_adapter import Throughput, run_units
+from orchestration.reads import ReadStats, read_located
 from orchestration.resources import StorageResource
-from orchestration.sample_parts import current_rows, read_images
+from orchestration.sample_parts import current_rows, read_source_rows, source_locator
+from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage
+from orchestration.stage_runner import config_hash as stage_hash
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "training_shards"
@@ -50,22 +52,23 @@ class TrainingShardsConfig(dg.Config):
                            target_shard_mb=self.target_shard_mb)
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def shard_part(task: tuple) -> dict:
-    """Ray task body: resize one chunk of samples into its shard part; refusals go to the ledger part."""
-    store, stage, index, rows, refs, config, input_id, run_id = task
-    images = {r["sample_id"]: r for r in read_images(store, refs).to_pylist()}
+def shard_process(_state, store: TableStore, payload: tuple) -> UnitOutput:
+    """Worker body: resize one chunk of samples into its shard part; the driver's gate refusals ride along."""
+    stage, rows, gate, located, config = payload
+    stats = ReadStats()
+    images = {r["sample_id"]: r for r in read_located(store, located, ["sample_id", "image", "licence"],
+                                                          stats).to_pylist()}
     buckets = aspect_buckets(config.size, config.side_multiple(), config.max_aspect)
-    out, decisions = [], []
-    counts = StageCounts()
+    out, decisions = [], list(gate)
+    counts = StageCounts(total=len(gate))
+    for d in gate:
+        counts.dropped[d.reason] += 1
     for row in rows:
         counts.total += 1
         source = images.get(row["sample_id"])
         if source is None:  # the source drop was re-ingested without it since curation
-            decisions.append(Decision(row["sample_id"], row["source_uri"], "shard", "drop", "source_missing"))
+            decisions.append(Decision(row["sample_id"], row["source_uri"], "shard", "drop", "source_missing",
+                                      details={"stage": stage}))
             counts.dropped["source_missing"] += 1
             continue
         try:
@@ -80,12 +83,7 @@ def shard_part(task: tuple) -> dict:
             continue
         counts.kept += 1
         out.append({**row, **fields, "license": source.get("licence"), "stage": stage})
-    summary = {"unit": index, "input_id": input_id, "run_id": run_id, "counts": counts.to_dict()}
-    table = pa.Table.from_pylist(out, schema=SHARD_SCHEMA)
-    store.write_parquet(store.part_path("decisions/" + ASSET, stage, index),
-                        decisions_table(decisions, run_id, SHARD_CODE_VERSION), summary)
-    store.write_parquet(store.part_path(ASSET, stage, index), table, summary, row_group_size=64)
-    return summary
+    return UnitOutput(pa.Table.from_pylist(out, schema=SHARD_SCHEMA), decisions, counts, stats.bytes)
 
 
 def _eligibility(store: TableStore, stage: str, size: int) -> dict[str, bool]:
@@ -93,9 +91,14 @@ def _eligibility(store: TableStore, stage: str, size: int) -> dict[str, bool]:
     pixel size), else `eligible_<stage key>`; images measured for neither are eligible."""
     out: dict[str, bool] = {}
     for partition in store.list_partitions(EXCLUSION):
-        table = store.read_table(store.dir(EXCLUSION, partition))
-        column = next((c for c in (f"eligible_{size}", f"eligible_{stage}") if c in table.column_names), None)
+        directory = store.dir(EXCLUSION, partition)
+        parts = store.list_parts(directory)
+        if not parts:
+            continue
+        names = store.read_part(parts[0]).schema.names
+        column = next((c for c in (f"eligible_{size}", f"eligible_{stage}") if c in names), None)
         if column:
+            table = store.read_table(directory, columns=["source_uri", column])
             out.update(zip(table.column("source_uri").to_pylist(), table.column(column).to_pylist(), strict=True))
     return out
 
@@ -133,16 +136,17 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
     eligible = _eligibility(store, stage, shard_config.size)
     opt_outs = load_opt_outs(store)
     source_of = {r["sample_id"]: r["source"] for r in kept}
+    locator = source_locator(store, source_of.values(), source_of)
     metadata_of = {}
     if opt_outs:  # artists and URLs live in the ingest metadata
-        refs: dict[str, list[str]] = {}
-        for sid, src in source_of.items():
-            refs.setdefault(src, []).append(sid)
-        metadata_of = {r["sample_id"]: r["metadata"]
-                       for r in read_images(store, refs, columns=("sample_id", "metadata")).to_pylist()}
+        metadata_of = {sid: r["metadata"] for sid, r in read_source_rows(store, source_of, ["metadata"]).items()}
     gate: list[Decision] = []
     rows = []
-    for r in sorted(kept, key=lambda r: r["sample_id"]):
+    by_id = {r["sample_id"]: r for r in kept}
+    # source order: each shard's unit then reads few row groups of source_images
+    order = locator.order(by_id) + sorted(s for s in by_id if s not in locator)
+    for sid in order:
+        r = by_id[sid]
         request = opt_outs.match(r["sample_id"], r["source_uri"], metadata_of.get(r["sample_id"]))
         variant = variants.get(r["sample_id"])
         if request is not None:  # re-applied here too: a request made after rebalancing still wins
@@ -159,39 +163,23 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
                          "caption_backend": variant.get("caption_backend"),
                          **{f"caption_{k}": variant.get(k) or "" for k in VARIANT_KINDS}})
     per_shard = shard_config.rows_per_shard()
-    chunks = [rows[i:i + per_shard] for i in range(0, len(rows), per_shard)]
-    chash = _hash({"config": asdict(shard_config), "code": SHARD_CODE_VERSION})
-    data_dir, ledger_dir = store.dir(ASSET, stage), store.decisions_dir(ASSET, stage)
-    store.remove_parts_from(data_dir, len(chunks))
-    store.remove_parts_from(ledger_dir, len(chunks) + 1)
-    todo, reused = [], 0
-    for index, chunk in enumerate(chunks):
-        input_id = _hash([chash, chunk])
-        done = store.part_summary(store.part_path(ASSET, stage, index))
-        if done and done.get("input_id") == input_id and store.exists(store.part_path("decisions/" + ASSET, stage,
-                                                                                      index)):
-            reused += 1
-            continue
-        refs: dict[str, list[str]] = {}
-        for row in chunk:
-            refs.setdefault(source_of[row["sample_id"]], []).append(row["sample_id"])
-        todo.append((store, stage, index, chunk, refs, shard_config, input_id, run_id))
-    clock = Throughput()
-    computed = sum(s["counts"]["total"] for s in run_units(shard_part, todo, num_cpus=1.0))
-    rate = clock.per_second(computed)
-    gate_counts = StageCounts(total=len(gate))
-    for d in gate:
-        gate_counts.dropped[d.reason] += 1
-    store.write_parquet(store.part_path("decisions/" + ASSET, stage, len(chunks)),
-                        decisions_table(gate, run_id, SHARD_CODE_VERSION), {"gate": True})
-
-    counts = StageCounts()
-    counts.add(gate_counts)
-    for index in range(len(chunks)):
-        counts.add(StageCounts.from_dict(store.part_summary(store.part_path(ASSET, stage, index))["counts"]))
+    chunks = [rows[i:i + per_shard] for i in range(0, len(rows), per_shard)] or [[]]
+    gates = [gate[k::len(chunks)] for k in range(len(chunks))]  # refusals spread over the units, all ledgered
+    chash = stage_hash({"config": asdict(shard_config), "code": SHARD_CODE_VERSION})
+    units = [Unit(index, (stage, chunk, part_gate, locator.group(r["sample_id"] for r in chunk), shard_config),
+                  stage_hash([chunk, [asdict(d) for d in part_gate]]),
+                  len(chunk) + len(part_gate))
+             for index, (chunk, part_gate) in enumerate(zip(chunks, gates, strict=True))]
+    runner_stage = PartStage(ASSET, stage, SHARD_CODE_VERSION, chash, setup=_no_state, process=shard_process,
+                             row_group_size=64, write_marker=False, resources=StageResources(num_cpus=1.0))
+    report = run_stage(store, runner_stage, units, run_id, context.log)
+    counts = report.counts
+    data_dir = store.dir(ASSET, stage)
     shards = store.read_table(data_dir, columns=["sample_id", "source_uri", "bucket", "width", "height"],
                               schema=SHARD_SCHEMA)
     checks = verify(store, stage, len(kept), counts, shards)
+    checks[0] = dg.AssetCheckResult(check_name="accounting", passed=checks[0].passed and report.accounting_passed,
+                                    metadata={**checks[0].metadata, **report.accounting})
     by_bucket = {}
     if shards.num_rows:
         for item in pc.value_counts(shards.column("bucket")).to_pylist():
@@ -199,15 +187,17 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
     sizes = [store.fs.get_file_info(p).size for p in store.list_parts(data_dir)]
     card = {"stage": stage, "size": shard_config.size, "config_hash": chash, "code_version": SHARD_CODE_VERSION,
             "run_id": run_id, "shards": len(chunks), "rows": shards.num_rows, "buckets": by_bucket,
-            "counts": counts.to_dict(), "shard_bytes": sizes}
+            "counts": counts.to_dict(), "shard_bytes": sizes, "accounting_passed": report.accounting_passed}
     store.write_json(f"{data_dir}/{SUCCESS_MARKER}", card)
     table_md = "\n".join(f"| {b} | {n} |" for b, n in sorted(by_bucket.items(), key=lambda kv: -kv[1]))
-    metadata = {**counts.to_dict(), "dagster/row_count": shards.num_rows, "size": shard_config.size,
-                "shards": len(chunks), "parts_reused": reused, "images_per_second": round(rate, 2),
-                "mean_shard_mb": round(sum(sizes) / max(1, len(sizes)) / 2**20, 3),
-                "buckets": dg.MetadataValue.md(f"| bucket | rows |\n| --- | --- |\n{table_md}" if by_bucket else "-"),
-                "path": dg.MetadataValue.path(store.uri(data_dir))}
+    metadata = {**report.metadata(store), "dagster/row_count": shards.num_rows, "size": shard_config.size,
+                "shards": len(chunks), "mean_shard_mb": round(sum(sizes) / max(1, len(sizes)) / 2**20, 3),
+                "buckets": dg.MetadataValue.md(f"| bucket | rows |\n| --- | --- |\n{table_md}" if by_bucket else "-")}
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+def _no_state():
+    return None
 
 
 def forbidden_pairs(store: TableStore, stage: str) -> tuple[set[tuple[str, str]], set[str]]:

@@ -96,11 +96,7 @@ def read_rows(store: TableStore, path: str, rows: list[int], columns: list[str],
         groups = sorted({bisect.bisect_right(starts, r) - 1 for r in rows})
         table = parquet.read_row_groups(groups, columns=columns) if groups else parquet.schema_arrow.empty_table()
         if stats is not None:
-            wanted = set(columns)
-            for g in groups:
-                group = meta.row_group(g)
-                stats.bytes += sum(group.column(c).total_compressed_size for c in range(group.num_columns)
-                                   if group.column(c).path_in_schema.split(".", 1)[0] in wanted)
+            stats.bytes += _chunk_bytes(meta, groups, set(columns))
             stats.rows += len(rows)
     base, local = {}, 0
     for g in groups:
@@ -135,3 +131,30 @@ def read_samples(store: TableStore, locator: SampleLocator, sample_ids: Iterable
     cols = list(dict.fromkeys(["sample_id", *columns]))
     table = read_located(store, locator.group(sample_ids), cols, stats)
     return {r["sample_id"]: r for r in table.to_pylist()}
+
+
+def _chunk_bytes(meta: pq.FileMetaData, groups: Iterable[int], columns: set[str]) -> int:
+    total = 0
+    for g in groups:
+        group = meta.row_group(g)
+        total += sum(group.column(c).total_compressed_size for c in range(group.num_columns)
+                     if group.column(c).path_in_schema.split(".", 1)[0] in columns)
+    return total
+
+
+def iter_part(store: TableStore, path: str, columns: list[str], batch_size: int,
+              stats: ReadStats | None = None):
+    """A whole part's rows in batches of `batch_size` (a worker reading its upstream part), counting bytes read."""
+    with store.fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        if stats is not None:
+            stats.bytes += _chunk_bytes(parquet.metadata, range(parquet.metadata.num_row_groups), set(columns))
+            stats.rows += parquet.metadata.num_rows
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+
+def part_rows(store: TableStore, path: str) -> int:
+    """Rows of one Parquet part, from its footer alone."""
+    with store.fs.open_input_file(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows

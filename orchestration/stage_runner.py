@@ -59,6 +59,16 @@ class Unit:
     """None where only the reader can count them (a tar's members): then its footer's count is used."""
 
 
+def setup_model(load: Callable[[Any], Any], config: Any) -> Any:
+    """`setup` for a stage with one model per actor: `load(config)`, then the model's own `setup()` if it has one.
+
+    Use as `functools.partial(setup_model, load, config)` (both must be picklable: they travel to each actor)."""
+    model = load(config)
+    if hasattr(model, "setup"):
+        model.setup()
+    return model
+
+
 @dataclass
 class UnitOutput:
     """What `process` returns for one unit: rows of the data part, ledger decisions, counts, bytes it read."""
