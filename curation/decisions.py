@@ -13,7 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-STAGES = ("ingest", "opt_out", "ai_image", "nsfw", "artifact", "dedup", "rebalance", "ocr", "caption", "shard")
+STAGES = ("ingest", "opt_out", "ai_image", "nsfw", "artifact", "dedup", "rebalance", "ocr", "caption", "variants",
+          "shard")
 DECISION_KINDS = ("drop", "keep", "downweight")
 
 DECISIONS_SCHEMA = pa.schema(

@@ -37,7 +37,7 @@ def _process(state: _State, store: TableStore, payload: tuple) -> UnitOutput:
         open(os.path.join(state.marker_dir, "died"), "w").close()
         os._exit(1)
     kept = [v for v in values if v % 2 == 0]
-    decisions = [Decision(f"s{v}", f"u{v}", "test", "drop", "odd") for v in values if v % 2]
+    decisions = [Decision(f"s{v}", f"u{v}", "ingest", "drop", "odd") for v in values if v % 2]
     counts = StageCounts(total=len(values), kept=len(kept))
     counts.dropped["odd"] = len(values) - len(kept)
     return UnitOutput(pa.table({"sample_id": [f"s{v}" for v in kept], "v": kept}), decisions, counts)
