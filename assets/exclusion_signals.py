@@ -19,6 +19,7 @@ from curation.features import embedding_matrix
 from curation.probe import Probe
 from curation.quality import QualityConfig
 from curation.stage import StageResources
+from curation.text_density import TextDetector
 from orchestration.reads import ReadStats, iter_part
 from orchestration.resources import StorageResource
 from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage
@@ -58,7 +59,7 @@ class ExclusionSignalsConfig(dg.Config):
                                   max_detail_loss=self.max_detail_loss))
 
 
-def exclusion_process(_state, store: TableStore, payload: tuple) -> UnitOutput:
+def exclusion_process(detector: TextDetector, store: TableStore, payload: tuple) -> UnitOutput:
     """Worker body: signals of one source part (its features part alongside); drops go to the ledger."""
     source_path, features_path, config, probe_json = payload
     stats = ReadStats()
@@ -80,7 +81,7 @@ def exclusion_process(_state, store: TableStore, payload: tuple) -> UnitOutput:
         counts.total += 1
         row, decision = assess(rec["sample_id"], rec["source_uri"], rec["image"], rec["format"],
                                json.loads(rec["metadata"]), nsfw.get(rec["source_uri"]),
-                               probe_scores.get(rec["source_uri"]), config)
+                               probe_scores.get(rec["source_uri"]), config, detector)
         rows.append(row)
         if decision is None:
             counts.kept += 1
@@ -122,7 +123,7 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
     units = [Unit(u.index, (u.payload, feat, exclusion_config, probe_json),
                   stage_hash([u.fingerprint, store.part_summary(feat)]), u.inputs)
              for u, feat in zip(sources, features, strict=True)]
-    stage = PartStage(ASSET, partition, EXCLUSION_CODE_VERSION, chash, setup=_no_state, process=exclusion_process,
+    stage = PartStage(ASSET, partition, EXCLUSION_CODE_VERSION, chash, setup=TextDetector, process=exclusion_process,
                       rows_are="all", resources=StageResources(num_cpus=1.0))
     report = run_stage(store, stage, units, context.run.run_id, context.log)
     table = store.read_table(store.dir(ASSET, partition), columns=["excluded", *[f"eligible_{s}" for s in
@@ -137,7 +138,3 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
     check = dg.AssetCheckResult(check_name="accounting", passed=passed, severity=check.severity,
                                 metadata={**report.accounting, "excluded_rows": excluded})
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
-
-
-def _no_state():
-    return None

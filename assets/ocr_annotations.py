@@ -8,15 +8,16 @@ import pyarrow as pa
 from dagster_ray import RayResource
 from pydantic import Field
 
+from assets.exclusion_signals import ASSET as EXCLUSION
 from assets.rebalanced_images import rebalanced_images
-from captioning.ocr import OcrConfig, load_engine
+from captioning.ocr import OcrConfig, detection_key, load_engine
 from curation.decisions import Decision, StageCounts
 from curation.image_io import load_rgb
 from curation.stage import StageResources
-from orchestration.reads import ReadStats, read_located
+from orchestration.reads import ReadStats, SampleLocator, read_located
 from orchestration.resources import ModelSettings, StorageResource
 from orchestration.sample_parts import curated_samples, current_rows, plan_sample_parts, sample_units, source_locator
-from orchestration.stage_runner import PartStage, UnitOutput, run_stage, setup_model
+from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage, setup_model
 from orchestration.stage_runner import config_hash as stage_hash
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
@@ -61,10 +62,16 @@ class OcrAnnotationsConfig(dg.Config):
 
 def ocr_process(engine, store: TableStore, payload: tuple) -> UnitOutput:
     """Worker body: OCR one unit of curated images with the actor's engine."""
-    wanted, located, backend = payload
+    wanted, located, backend, located_boxes = payload
     stats = ReadStats()
     images = {r["sample_id"]: r for r in read_located(store, located, ["sample_id", "source_uri", "image"],
                                                           stats).to_pylist()}
+    key = detection_key(engine.config)
+    boxes = {}  # the exclusion stage's detection, when it ran with this engine's detection settings
+    if key is not None and located_boxes:
+        for r in read_located(store, located_boxes, ["sample_id", "text_boxes", "text_detection"], stats).to_pylist():
+            if r["text_detection"] == key and r["text_boxes"] is not None:
+                boxes.setdefault(r["sample_id"], r["text_boxes"])
     rows, decisions = [], []
     counts = StageCounts()
     for sid, uri in wanted:
@@ -76,7 +83,10 @@ def ocr_process(engine, store: TableStore, payload: tuple) -> UnitOutput:
             continue
         counts.kept += 1  # OCR never removes a sample; a failure is noted and the caption goes on without text
         try:
-            result = engine.read(load_rgb(rec["image"]))
+            found = boxes.get(sid)
+            result = engine.read(load_rgb(rec["image"]), boxes=found) if found is not None else \
+                engine.read(load_rgb(rec["image"]))
+            counts.notes["detection_reused"] += found is not None
             payload_json = result.to_json()
             rows.append({"sample_id": sid, "source_uri": rec["source_uri"], "text": payload_json["text"],
                          "lines": payload_json["lines"], "dropped_low_confidence": result.dropped_low_confidence,
@@ -117,8 +127,11 @@ def ocr_annotations(context: dg.AssetExecutionContext, config: OcrAnnotationsCon
                           process=ocr_process, append=True,
                           resources=StageResources(num_cpus=config.num_cpus_per_actor,
                                                    num_gpus=config.num_gpus_per_actor))
-        report = run_stage(store, stage, sample_units(plans, curated, locator, chash, (ocr_config.backend,)),
-                           context.run.run_id, context.log)
+        box_locator = SampleLocator.build(store, [store.dir(EXCLUSION, p) for p in sorted(set(
+            curated.source.values()))], {s for p in plans for s in p.sample_ids})
+        units = [Unit(u.index, (*u.payload, ocr_config.backend, box_locator.group(s for s, _ in u.payload[0])),
+                      u.fingerprint, u.inputs) for u in sample_units(plans, curated, locator, chash)]
+        report = run_stage(store, stage, units, context.run.run_id, context.log)
         wanted = curated.ids
         computed = report.computed_inputs
         rows = current_rows(store, ASSET, wanted, columns=["sample_id", "text", "lines", "error"])

@@ -45,8 +45,8 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OcrConfig", "OcrEngine", "OcrLine", "OcrResult", "PaddleOcrEngine", "RapidOcrEngine", "load_engine",
-           "reading_order", "script_of"]
+__all__ = ["DETECTION_FIELDS", "OcrConfig", "OcrEngine", "OcrLine", "OcrResult", "PaddleOcrEngine", "RapidOcrEngine",
+           "detection_key", "load_engine", "reading_order", "script_of"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,22 @@ class OcrResult:
         return {"text": self.text, "lines": [line.to_dict() for line in self.lines]}
 
 
+DETECTION_FIELDS = ("det_max_side", "det_min_side", "max_upscale", "det_pad", "det_thresh", "det_box_thresh",
+                    "det_unclip_ratio")
+
+
+def detection_key(config: OcrConfig) -> str | None:
+    """Identity of the text detection `config` gives (None where detection cannot be shared: PaddleOCR detects
+    inside its own pipeline). Boxes found under one key are reused by any engine with the same key."""
+    if config.backend != "rapidocr":
+        return None
+    import hashlib
+    import json
+
+    fields = {name: getattr(config, name) for name in DETECTION_FIELDS}
+    return "ppocrv6-det:" + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
 class OcrEngine(Protocol):
     """What every OCR backend provides."""
 
@@ -144,8 +160,8 @@ class OcrEngine(Protocol):
     def setup(self) -> None:
         """Load the models (once per process or Ray actor)."""
 
-    def read(self, image: Image.Image) -> OcrResult:
-        """OCR one image."""
+    def read(self, image: Image.Image, boxes=None) -> OcrResult:
+        """OCR one image (with `boxes`: text boxes found earlier under the same `detection_key`)."""
 
     def read_batch(self, images: Sequence[Image.Image]) -> list[OcrResult]:
         """OCR several images, one result each, in order."""
@@ -424,11 +440,24 @@ class RapidOcrEngine:
             out.append((str(res.txts[0]), float(res.scores[0])))
         return out
 
-    def read(self, image: Image.Image) -> OcrResult:
+    def detect(self, image: Image.Image) -> np.ndarray:
+        """Text boxes only (no recognition): float array (n, 4, 2), corners clockwise from top-left, in the image's
+        pixels. What `read(image, boxes=...)` takes, so one detection serves the legibility signals and OCR."""
+        if self._ocr is None:
+            self.setup()
+        rgb = _to_rgb_array(image)
+        if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+            return np.empty((0, 4, 2), np.float64)
+        quads = self._detect(rgb)
+        return np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+
+    def read(self, image: Image.Image, boxes: np.ndarray | Sequence | None = None) -> OcrResult:
         """OCR one image.
 
         Args:
             image: any PIL image (converted to RGB).
+            boxes: text boxes already found in this image by `detect` under the same `detection_key` (the
+                exclusion stage's); None detects them here.
 
         Returns:
             the lines kept, in reading order, and the number dropped for low confidence.
@@ -440,7 +469,11 @@ class RapidOcrEngine:
         h, w = rgb.shape[:2]
         if h < 2 or w < 2:
             return OcrResult(text="")
-        quads = self._detect(rgb)
+        if boxes is None:
+            quads = self._detect(rgb)
+        else:
+            quads = [np.asarray(q, dtype=np.float64).reshape(4, 2) for q in np.asarray(boxes, np.float64)
+                     .reshape(-1, 4, 2)]
         if quads and cfg.merge_lines:
             quads = merge_fragments(quads, cfg.merge_gap)
         margins = [cfg.crop_margin] + ([cfg.second_margin] if cfg.second_pass else [])
@@ -555,8 +588,9 @@ class PaddleOcrEngine:
                  else _bbox_quad(np.asarray(p, dtype=np.float64).reshape(-1, 2)) for p in res["rec_polys"]]
         return _finish(texts, scores, boxes, self.config.min_score, self.config.min_short_score)
 
-    def read(self, image: Image.Image) -> OcrResult:
-        """OCR one image (see `RapidOcrEngine.read`)."""
+    def read(self, image: Image.Image, boxes=None) -> OcrResult:
+        """OCR one image (see `RapidOcrEngine.read`); PaddleOCR always detects itself, so `boxes` is not used
+        (`detection_key` is None for this backend and no caller passes any)."""
         return self.read_batch([image])[0]
 
     def read_batch(self, images: Sequence[Image.Image]) -> list[OcrResult]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from curation.ai_metadata import metadata_signals, stealth_signals
@@ -15,9 +16,9 @@ from curation.decisions import Decision
 from curation.image_io import ProbeLimits, probe_image
 from curation.provenance import c2pa_signals, sdxl_watermark
 from curation.quality import QualityConfig, quality_signals
-from curation.text_density import text_lines
+from curation.text_density import TextDetector, default_detector, lines_from_boxes
 
-EXCLUSION_CODE_VERSION = "exclusion-1"
+EXCLUSION_CODE_VERSION = "exclusion-2"  # -2: text boxes kept for OCR, detection errors recorded
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "TIFF": "image/tiff",
          "AVIF": "image/avif", "HEIF": "image/heif"}
 
@@ -64,6 +65,9 @@ def exclusion_schema(stages: tuple[int, ...]) -> pa.Schema:
             *[pa.field(f"detail_loss_{s}", pa.float32(), nullable=False) for s in stages],
             *[pa.field(f"small_text_{s}", pa.float32()) for s in stages],
             pa.field("text_lines", pa.int32()),
+            pa.field("text_boxes", pa.list_(pa.list_(pa.float32(), 8))),
+            pa.field("text_detection", pa.string()),
+            pa.field("text_detection_error", pa.string()),
             *[pa.field(f"eligible_{s}", pa.bool_(), nullable=False) for s in stages],
             pa.field("artifacts", pa.list_(pa.string()), nullable=False),
             pa.field("excluded", pa.bool_(), nullable=False),
@@ -83,7 +87,8 @@ def _ai_reason(signals: list[str]) -> str:
 
 
 def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dict, nsfw_score: float | None,
-           probe_score: float | None, config: ExclusionConfig) -> tuple[dict, Decision | None]:
+           probe_score: float | None, config: ExclusionConfig,
+           detector: TextDetector | None = None) -> tuple[dict, Decision | None]:
     """Every exclusion signal of one image and the ledger decision if it is excluded.
 
     Args:
@@ -95,6 +100,8 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
         nsfw_score: from `image_features` (None if unknown).
         probe_score: the learned AI-image probe's probability (None if no probe is trained).
         config: thresholds and switches.
+        detector: the text detector (default: the OCR stage's default detection); its boxes are returned in the
+            row (`text_boxes`, under the key `text_detection`) for OCR to reuse.
 
     Returns:
         (row for `exclusion_signals`, a `drop` decision or None). The decision's stage is that of the first
@@ -124,7 +131,17 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
             signals.append(f"watermark:sdxl_dwtdct({mark['bit_accuracy']:.3f})")
     if probe_score is not None and probe_score >= config.probe_threshold:
         signals.append(f"probe:{probe_score:.3f}")
-    lines = text_lines(rgb) if config.check_small_text else None
+    lines = None
+    row.update({"text_boxes": None, "text_detection": None, "text_detection_error": None})
+    if config.check_small_text:
+        try:
+            detector = detector or default_detector()
+            boxes = detector.detect(rgb)
+            lines = lines_from_boxes(boxes)
+            row["text_boxes"] = boxes.reshape(-1, 8).astype(np.float32).tolist()
+            row["text_detection"] = detector.key
+        except Exception as exc:  # a crashed detector is recorded as such, never read as "no text"
+            row["text_detection_error"] = f"{type(exc).__name__}: {exc}"
     quality = quality_signals(rgb, config.quality, lines)
     row.update({k: v for k, v in quality.items() if k != "artifacts"})
     row["text_lines"] = None if lines is None else len(lines)

@@ -184,3 +184,21 @@ def test_word_crops_read_whole_beat_the_detector_split(engine):
     exact = sum(engine.read(Image.open(OCR_DEV / k)).text == ref for k, ref in words.items())
     # end to end, the detector alone read 3 of the 10 exactly ("GRAND" came out as "CRAND" + "LOTEL")
     assert exact >= 6, exact
+
+
+def test_boxes_detected_once_are_reused_with_the_same_reading():
+    """The exclusion stage's detection feeds OCR: reading with its boxes gives what detecting again gives."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from captioning.ocr import OcrConfig, RapidOcrEngine, detection_key
+
+    img = Image.new("RGB", (480, 160), "white")
+    ImageDraw.Draw(img).text((20, 50), "harbor lantern", fill="black", font=ImageFont.load_default(size=40))
+    engine = RapidOcrEngine(OcrConfig())
+    boxes = engine.detect(img)
+    assert boxes.shape[1:] == (4, 2) and len(boxes) >= 1
+    assert engine.read(img, boxes=boxes).text == engine.read(img).text
+    assert "lantern" in engine.read(img, boxes=boxes).text
+    assert detection_key(OcrConfig()) == detection_key(OcrConfig(min_score=0.1))  # recognition settings don't count
+    assert detection_key(OcrConfig()) != detection_key(OcrConfig(det_thresh=0.2))
+    assert detection_key(OcrConfig(backend="paddleocr")) is None
