@@ -13,10 +13,10 @@ import pyarrow as pa
 
 from curation.embedding import Embedder, EmbeddingConfig, load_embedder
 from curation.hashing import perceptual_hashes
-from curation.image_io import load_rgb
+from curation.image_io import load_rgb_reduced
 from curation.stage import StageResources
 
-FEATURES_CODE_VERSION = "features-1"
+FEATURES_CODE_VERSION = "features-2"  # -2: hashes and embedding from one DCT-reduced decode
 HASH_COLUMNS = ("phash", "dhash")
 PASS_THROUGH = ("sample_id", "source", "source_uri", "width", "height", "byte_size", "format")
 EMBED_SIDE = 256
@@ -87,7 +87,8 @@ class FeatureExtractor:
         if self.embedder is None:
             self.setup()
         assert self.embedder is not None
-        images = [_reduce(load_rgb(data)) for data in table.column("image").to_pylist()]
+        # one reduced decode per image serves the hashes and the embedding
+        images = [_reduce(load_rgb_reduced(data, 2 * EMBED_SIDE)) for data in table.column("image").to_pylist()]
         hashes = [perceptual_hashes(img) for img in images]
         embeddings, nsfw = self.embedder.embed(images)
         dim = self.embedder.dim

@@ -145,3 +145,31 @@ def test_extension_check():
 def test_load_rgb_round_trip(jpeg_bytes):
     img = load_rgb(jpeg_bytes)
     assert img.mode == "RGB" and img.size == (96, 64)
+
+
+def test_reduced_decode_reads_a_large_jpeg_at_a_fraction_of_its_pixels_same_picture():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from curation.hashing import perceptual_hashes
+    from curation.image_io import load_rgb, load_rgb_reduced
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    big = Image.fromarray(small).resize((4000, 3000), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: displayed 3000 x 4000
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90, exif=exif)
+    data = buf.getvalue()
+    full, reduced = load_rgb(data), load_rgb_reduced(data, 512)
+    assert full.size == (3000, 4000)
+    assert reduced.size == (750, 1000)  # DCT scale 1/4: the smallest that keeps the short side >= 512
+    a = perceptual_hashes(full.resize((375, 500)))["phash"]
+    b = perceptual_hashes(reduced.resize((375, 500)))["phash"]
+    assert bin(int(a) ^ int(b)).count("1") <= 2
+    png = io.BytesIO()
+    Image.fromarray(small).save(png, "PNG")
+    assert load_rgb_reduced(png.getvalue(), 16).size == (40, 30)  # other formats decode whole
