@@ -6,6 +6,7 @@ image must go, one ledger decision naming the reason (the other reasons ride alo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ from curation.provenance import c2pa_signals, sdxl_watermark
 from curation.quality import QualityConfig, quality_signals
 from curation.text_density import text_lines
 
-EXCLUSION_CODE_VERSION = "exclusion-1"
+EXCLUSION_CODE_VERSION = "exclusion-2"
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "TIFF": "image/tiff",
          "AVIF": "image/avif", "HEIF": "image/heif"}
 
@@ -65,6 +66,8 @@ def exclusion_schema(stages: tuple[int, ...]) -> pa.Schema:
             *[pa.field(f"small_text_{s}", pa.float32()) for s in stages],
             pa.field("text_lines", pa.int32()),
             *[pa.field(f"eligible_{s}", pa.bool_(), nullable=False) for s in stages],
+            # why not eligible: JSON {reason, score, threshold, details} of `curation.quality.stage_refusal`, or null
+            *[pa.field(f"refusal_{s}", pa.string()) for s in stages],
             pa.field("artifacts", pa.list_(pa.string()), nullable=False),
             pa.field("excluded", pa.bool_(), nullable=False),
             pa.field("exclusion_reasons", pa.list_(pa.string()), nullable=False),
@@ -126,7 +129,9 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
         signals.append(f"probe:{probe_score:.3f}")
     lines = text_lines(rgb) if config.check_small_text else None
     quality = quality_signals(rgb, config.quality, lines)
-    row.update({k: v for k, v in quality.items() if k != "artifacts"})
+    row.update({k: v for k, v in quality.items() if k != "artifacts" and not k.startswith("refusal_")})
+    row.update({k: None if v is None else json.dumps(v, sort_keys=True) for k, v in quality.items()
+                if k.startswith("refusal_")})
     row["text_lines"] = None if lines is None else len(lines)
     row["artifacts"] = quality["artifacts"]
     row["ai_signals"] = signals

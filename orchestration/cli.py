@@ -284,7 +284,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                   n_frames=facts.n_frames, notes=facts.notes + item.notes)
                     if extractor is not None:
                         record.update(_feature_signals(extractor, item.data))
-                        record.update(_exclusion_signals(item, facts, record.get("nsfw_score")))
+                        record.update(_exclusion_signals(record["sample_id"], item, facts, record.get("nsfw_score")))
                 except ImageRejected as rej:
                     record["error"] = rej.reason
                     record["error_detail"] = rej.details.get("message")
@@ -306,10 +306,10 @@ def _feature_signals(extractor, data: bytes) -> dict[str, Any]:
             "nsfw_score": round(float(features["nsfw_score"]), 5)}
 
 
-def _exclusion_signals(item, facts, nsfw_score: float | None) -> dict[str, Any]:
+def _exclusion_signals(sample_id: str, item, facts, nsfw_score: float | None) -> dict[str, Any]:
     from curation.exclusion import ExclusionConfig, assess
 
-    row, decision = assess(facts.format, item.source_uri, item.data, facts.format,
+    row, decision = assess(sample_id, item.source_uri, item.data, facts.format,
                            {"embedded": facts.metadata or {}, "sidecar": item.sidecar}, nsfw_score, None,
                            ExclusionConfig())
     keep = ("ai_generated", "ai_signals", "c2pa_present", "c2pa_validation", "watermark_bit_accuracy", "artifacts",
