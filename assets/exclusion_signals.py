@@ -83,10 +83,13 @@ def exclusion_for_part(task: tuple) -> dict:
                                json.loads(rec["metadata"]), nsfw.get(rec["source_uri"]),
                                probe_scores.get(rec["source_uri"]), config)
         rows.append(row)
-        if decision is None:
-            counts.kept += 1
-        else:
+        if decision is not None:
             decisions.append(decision)
+        if decision is None or decision.decision == "keep":  # a keep decision: a detector error on a kept image
+            counts.kept += 1
+            if decision is not None:
+                counts.notes[decision.reason] += 1
+        else:
             counts.dropped[decision.reason] += 1
         for signal in row["ai_signals"]:
             counts.notes[f"ai_signal_{signal.split(':', 1)[0]}"] += 1
@@ -148,7 +151,8 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
     ledger = store.read_table(store.decisions_dir(ASSET, partition), columns=["decision", "reason"])
     source_rows = store.read_table(store.dir("source_images", partition), columns=["sample_id"]).num_rows
     excluded = int(pc.sum(table.column("excluded")).as_py() or 0) if table.num_rows else 0
-    passed = table.num_rows == source_rows and excluded == ledger.num_rows and counts.balanced()
+    drops = int(pc.sum(pc.equal(ledger.column("decision"), "drop")).as_py() or 0) if ledger.num_rows else 0
+    passed = table.num_rows == source_rows and excluded == drops and counts.balanced()
     store.write_json(f"{store.dir(ASSET, partition)}/{SUCCESS_MARKER}",
                      {"config_hash": chash, "code_version": EXCLUSION_CODE_VERSION, "run_id": context.run.run_id,
                       "parts": len(sources), "counts": counts.to_dict(),
@@ -163,5 +167,5 @@ def exclusion_signals(context: dg.AssetExecutionContext, config: ExclusionSignal
                 "path": dg.MetadataValue.path(store.uri(store.dir(ASSET, partition)))}
     check = dg.AssetCheckResult(check_name="accounting", passed=passed,
                                 metadata={"source_rows": source_rows, "rows": table.num_rows, "excluded": excluded,
-                                          "ledger_rows": ledger.num_rows})
+                                          "ledger_drops": drops, "ledger_rows": ledger.num_rows})
     return dg.MaterializeResult(metadata=metadata, check_results=[check])

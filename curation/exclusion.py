@@ -19,6 +19,8 @@ from curation.quality import QualityConfig, quality_signals
 from curation.text_density import text_lines
 
 EXCLUSION_CODE_VERSION = "exclusion-2"
+DETECTOR_ERRORS = ("c2pa_error", "watermark_error", "stealth_error")
+"""Row columns (and ledger detail keys) naming a detector that could not run: its verdict is unknown."""
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "TIFF": "image/tiff",
          "AVIF": "image/avif", "HEIF": "image/heif"}
 
@@ -53,9 +55,12 @@ def exclusion_schema(stages: tuple[int, ...]) -> pa.Schema:
             pa.field("source_uri", pa.string(), nullable=False),
             pa.field("ai_generated", pa.bool_(), nullable=False),
             pa.field("ai_signals", pa.list_(pa.string()), nullable=False),
-            pa.field("c2pa_present", pa.bool_()),
+            pa.field("c2pa_present", pa.bool_()),  # null: not checked, or the reader failed (c2pa_error)
             pa.field("c2pa_validation", pa.string()),
+            pa.field("c2pa_error", pa.string()),  # why the C2PA store could not be read: unknown, not "absent"
             pa.field("watermark_bit_accuracy", pa.float32()),
+            pa.field("watermark_error", pa.string()),  # why the SDXL decoder gave no accuracy: unknown, not "absent"
+            pa.field("stealth_error", pa.string()),
             pa.field("probe_score", pa.float32()),
             pa.field("nsfw_score", pa.float32()),
             pa.field("aspect_ratio", pa.float32(), nullable=False),
@@ -100,15 +105,19 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
         config: thresholds and switches.
 
     Returns:
-        (row for `exclusion_signals`, a `drop` decision or None). The decision's stage is that of the first
-        reason in the order ai_image, nsfw, artifact; all reasons are in its details.
+        (row for `exclusion_signals`, a decision or None). A `drop` takes the stage of the first reason in the order
+        ai_image, nsfw, artifact; all reasons and any detector errors are in its details. A kept image on which a
+        detector failed (`DETECTOR_ERRORS`) gets a `keep` decision, reason `detector_error`, naming each error.
     """
     signals = list(metadata_signals(metadata))
     row: dict = {"sample_id": sample_id, "source_uri": source_uri, "c2pa_present": None, "c2pa_validation": None,
-                 "watermark_bit_accuracy": None, "probe_score": probe_score, "nsfw_score": nsfw_score}
+                 "c2pa_error": None, "watermark_bit_accuracy": None, "watermark_error": None, "stealth_error": None,
+                 "probe_score": probe_score, "nsfw_score": nsfw_score}
     if config.check_c2pa:
-        c2pa = c2pa_signals(data, _MIME.get(fmt))
-        row["c2pa_present"] = bool(c2pa.get("present"))
+        c2pa = _run_detector(c2pa_signals, data, _MIME.get(fmt))
+        row["c2pa_error"] = c2pa.get("error")
+        # a reader that failed before finding a store has not seen "no manifest": leave presence unknown
+        row["c2pa_present"] = True if c2pa.get("present") else (None if row["c2pa_error"] else False)
         row["c2pa_validation"] = c2pa.get("validation_state")
         if c2pa.get("trained_algorithmic"):
             # with no trust list configured an intact manifest is "Valid" with one error, signingCredential.untrusted:
@@ -119,10 +128,14 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
     facts = probe_image(data, ProbeLimits(min_side=1))  # one decode serves the raw-pixel and the RGB checks
     rgb = facts.rgb
     if config.check_stealth and facts.decoded is not None and facts.decoded.mode in ("RGBA", "RGB"):
-        signals += stealth_signals(facts.decoded)
+        try:
+            signals += stealth_signals(facts.decoded)
+        except Exception as exc:  # a crashed detector is recorded, never read as "nothing found"
+            row["stealth_error"] = f"stealth reader crashed: {type(exc).__name__}: {exc}"
     if config.check_watermark:
-        mark = sdxl_watermark(rgb)
+        mark = _run_detector(sdxl_watermark, rgb)
         row["watermark_bit_accuracy"] = mark.get("bit_accuracy")
+        row["watermark_error"] = mark.get("error")
         if mark.get("detected"):
             signals.append(f"watermark:sdxl_dwtdct({mark['bit_accuracy']:.3f})")
     if probe_score is not None and probe_score >= config.probe_threshold:
@@ -151,10 +164,21 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
             reasons.append(("artifact", artifact, None, None))
     row["excluded"] = bool(reasons)
     row["exclusion_reasons"] = [r[1] for r in reasons]
+    errors = {k: row[k] for k in DETECTOR_ERRORS if row[k]}
     if not reasons:
+        if errors:  # kept, but not cleared by every detector: the ledger says which could not run and why
+            return row, Decision(sample_id, source_uri, "ai_image", "keep", "detector_error", details=errors)
         return row, None
     stage, reason, score, threshold = reasons[0]
     details = {"ai_signals": signals, "all_reasons": row["exclusion_reasons"], "artifacts": quality["artifacts"],
-               "nsfw_score": nsfw_score}
+               "nsfw_score": nsfw_score, **errors}
     return row, Decision(sample_id, source_uri, stage, "drop", reason, score=score, threshold=threshold,
                          details=details)
+
+
+def _run_detector(detector, *args) -> dict:
+    """A detector's result dict; an unexpected exception becomes its `error` instead of taking the part down."""
+    try:
+        return detector(*args)
+    except Exception as exc:  # recorded as the error, never as "not detected"
+        return {"error": f"{detector.__name__} crashed: {type(exc).__name__}: {exc}"}

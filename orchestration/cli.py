@@ -312,8 +312,9 @@ def _exclusion_signals(sample_id: str, item, facts, nsfw_score: float | None) ->
     row, decision = assess(sample_id, item.source_uri, item.data, facts.format,
                            {"embedded": facts.metadata or {}, "sidecar": item.sidecar}, nsfw_score, None,
                            ExclusionConfig())
-    keep = ("ai_generated", "ai_signals", "c2pa_present", "c2pa_validation", "watermark_bit_accuracy", "artifacts",
-            "eligible_256", "eligible_512", "eligible_1024", "excluded", "exclusion_reasons")
+    keep = ("ai_generated", "ai_signals", "c2pa_present", "c2pa_validation", "c2pa_error", "watermark_bit_accuracy",
+            "watermark_error", "stealth_error", "artifacts", "eligible_256", "eligible_512", "eligible_1024",
+            "refusal_256", "refusal_512", "refusal_1024", "excluded", "exclusion_reasons")
     return {k: row[k] for k in keep}
 
 
