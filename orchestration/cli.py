@@ -257,8 +257,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from curation.image_io import ImageRejected, ProbeLimits, probe_image
-    from curation.ingest import sha256_hex
+    from curation.ingest import check_tdm, sha256_hex
     from curation.sources import RawItem, ReadLimits, plan_units, read_unit
+    from curation.tdm import TdmPolicy
 
     limits = ProbeLimits(min_side=args.min_side)
     extractor = None
@@ -282,6 +283,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     facts = probe_image(item.data, limits, with_metadata=True)
                     record.update(format=facts.format, width=facts.width, height=facts.height, mode=facts.mode,
                                   n_frames=facts.n_frames, notes=facts.notes + item.notes)
+                    reservation, tdm_note = check_tdm(item.data, facts.format, {"embedded": facts.metadata or {},
+                                                                                "sidecar": item.sidecar}, TdmPolicy())
+                    record["tdm_reservation"] = reservation.details() if reservation else None
+                    if tdm_note:
+                        record["notes"] = record["notes"] + [tdm_note]
                     if extractor is not None:
                         record.update(_feature_signals(extractor, item.data))
                         record.update(_exclusion_signals(record["sample_id"], item, facts, record.get("nsfw_score")))
