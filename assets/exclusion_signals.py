@@ -83,10 +83,13 @@ def exclusion_process(detector: TextDetector, store: TableStore, payload: tuple)
                                json.loads(rec["metadata"]), nsfw.get(rec["source_uri"]),
                                probe_scores.get(rec["source_uri"]), config, detector)
         rows.append(row)
-        if decision is None:
-            counts.kept += 1
-        else:
+        if decision is not None:
             decisions.append(decision)
+        if decision is None or decision.decision == "keep":  # a keep decision: a detector error on a kept image
+            counts.kept += 1
+            if decision is not None:
+                counts.notes[decision.reason] += 1
+        else:
             counts.dropped[decision.reason] += 1
         for signal in row["ai_signals"]:
             counts.notes[f"ai_signal_{signal.split(':', 1)[0]}"] += 1

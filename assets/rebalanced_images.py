@@ -53,8 +53,12 @@ class RebalancedImagesConfig(dg.Config):
     clusters_per_level: list[int] | None = Field(default=None, description="k per level, finest first (None: auto).")
     cluster_cap_factor: float = Field(default=RebalanceConfig.cluster_cap_factor,
                                       description="A top cluster above this many times the median is cut to it.")
+    cluster_cap_share: float = Field(default=RebalanceConfig.cluster_cap_share,
+                                     description="A top cluster above this share of the corpus is cut to it.")
     cluster_budget: float | None = Field(default=None, description="Fraction kept by cluster balancing (None: auto).")
-    concept_cap: float | None = Field(default=None, description="MetaCLIP t (None: a quantile of concept counts).")
+    concept_cap: float | None = Field(default=None, description="MetaCLIP t (None: concept_cap_fraction x samples).")
+    concept_cap_fraction: float = Field(default=RebalanceConfig.concept_cap_fraction,
+                                        description="Default t as a fraction of the samples (at least 20).")
     concept_min_count: int = Field(default=10, description="Corpus n-grams seen this often join the vocabulary.")
     vocabulary_path: str | None = Field(default=None, description="A concept file replacing the default vocabulary.")
     combine: str = Field(default=RebalanceConfig.combine, description="'min' or 'product' of the two probabilities.")
@@ -65,7 +69,8 @@ class RebalancedImagesConfig(dg.Config):
         """The one conversion from Dagster config to the pure config."""
         return RebalanceConfig(levels=self.levels, clusters_per_level=tuple(self.clusters_per_level)
                                if self.clusters_per_level else None, cluster_cap_factor=self.cluster_cap_factor,
-                               cluster_budget=self.cluster_budget, concept_cap=self.concept_cap,
+                               cluster_cap_share=self.cluster_cap_share, cluster_budget=self.cluster_budget,
+                               concept_cap=self.concept_cap, concept_cap_fraction=self.concept_cap_fraction,
                                combine=self.combine, mode=self.mode, seed=self.seed)
 
 

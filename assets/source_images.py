@@ -14,6 +14,7 @@ from curation.ingest import INGEST_CODE_VERSION, ROW_GROUP_SIZE, IngestConfig, i
 from curation.opt_out import OptOutList
 from curation.sources import ReadLimits, WorkUnit, plan_units
 from curation.stage import StageResources
+from curation.tdm import TdmPolicy
 from orchestration.opt_outs import load_opt_outs
 from orchestration.ray_adapter import Throughput
 from orchestration.resources import StorageResource
@@ -36,6 +37,12 @@ class SourceImagesConfig(dg.Config):
     files_per_unit: int = Field(default=ReadLimits.files_per_unit, description="Loose files per part / Ray task.")
     rows_per_unit: int = Field(default=ReadLimits.rows_per_unit, description="Manifest rows per part / Ray task.")
     default_licence: str | None = Field(default=None, description="Licence for samples whose sidecars name none.")
+    tdm_reservations: bool = Field(default=TdmPolicy.enabled,
+                                   description="Drop inputs whose metadata reserves TDM / AI training (opt_out).")
+    tdm_plus_barred: list[str] = Field(default=list(TdmPolicy.plus_barred),
+                                       description="PLUS DataMining codes that bar an input.")
+    tdm_c2pa_uses: list[str] = Field(default=list(TdmPolicy.c2pa_uses),
+                                     description="C2PA/CAWG training-mining uses whose notAllowed bars an input.")
 
     def to_ingest_config(self) -> IngestConfig:
         """The one conversion from Dagster config to the pure config."""
@@ -44,6 +51,8 @@ class SourceImagesConfig(dg.Config):
             read=ReadLimits(max_file_bytes=self.max_file_bytes, max_sidecar_bytes=self.max_sidecar_bytes,
                             files_per_unit=self.files_per_unit, rows_per_unit=self.rows_per_unit),
             default_licence=self.default_licence,
+            tdm=TdmPolicy(enabled=self.tdm_reservations, plus_barred=tuple(self.tdm_plus_barred),
+                          c2pa_uses=tuple(self.tdm_c2pa_uses)),
         )
 
 

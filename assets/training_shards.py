@@ -19,7 +19,15 @@ from assets.rebalanced_images import ASSET as REBALANCED
 from assets.rebalanced_images import rebalanced_images
 from curation.decisions import Decision, StageCounts
 from curation.opt_out import opt_out_decision
-from curation.shards import SHARD_CODE_VERSION, SHARD_SCHEMA, VARIANT_KINDS, ShardConfig, aspect_buckets, prepare
+from curation.shards import (
+    SHARD_CODE_VERSION,
+    SHARD_SCHEMA,
+    VARIANT_KINDS,
+    ShardConfig,
+    aspect_buckets,
+    ineligible_decision,
+    prepare,
+)
 from curation.stage import StageResources
 from orchestration.opt_outs import load_opt_outs
 from orchestration.reads import ReadStats, read_located
@@ -77,7 +85,8 @@ def shard_process(_state, store: TableStore, payload: tuple) -> UnitOutput:
             fields, reason, details = None, "undecodable", {"error": f"{type(exc).__name__}: {exc}"}
         if fields is None:
             decisions.append(Decision(row["sample_id"], row["source_uri"], "shard", "drop", reason,
-                                      score=details.get("scale"), threshold=config.max_upscale,
+                                      score=details.get("scale"),
+                                      threshold=config.max_upscale if reason == "too_small_for_stage" else None,
                                       details={**details, "stage": stage}))
             counts.dropped[reason] += 1
             continue
@@ -86,20 +95,25 @@ def shard_process(_state, store: TableStore, payload: tuple) -> UnitOutput:
     return UnitOutput(pa.Table.from_pylist(out, schema=SHARD_SCHEMA), decisions, counts, stats.bytes)
 
 
-def _eligibility(store: TableStore, stage: str, size: int) -> dict[str, bool]:
-    """source_uri -> eligible for this stage per the exclusion filters: their `eligible_<size>` column (the stage's
-    pixel size), else `eligible_<stage key>`; images measured for neither are eligible."""
-    out: dict[str, bool] = {}
+def _eligibility(store: TableStore, stage: str, size: int) -> dict[str, tuple[bool, str | None]]:
+    """source_uri -> (eligible, refusal JSON) for this stage per the exclusion filters: their `eligible_<size>` /
+    `refusal_<size>` columns (the stage's pixel size), else `..._<stage key>`; images measured for neither are
+    eligible."""
+    out: dict[str, tuple[bool, str | None]] = {}
     for partition in store.list_partitions(EXCLUSION):
         directory = store.dir(EXCLUSION, partition)
         parts = store.list_parts(directory)
         if not parts:
             continue
         names = store.read_part(parts[0]).schema.names
-        column = next((c for c in (f"eligible_{size}", f"eligible_{stage}") if c in names), None)
-        if column:
-            table = store.read_table(directory, columns=["source_uri", column])
-            out.update(zip(table.column("source_uri").to_pylist(), table.column(column).to_pylist(), strict=True))
+        key = next((k for k in (size, stage) if f"eligible_{k}" in names), None)
+        if key is not None:
+            columns = ["source_uri", f"eligible_{key}", *([f"refusal_{key}"] if f"refusal_{key}" in names else [])]
+            table = store.read_table(directory, columns=columns)
+            refusals = (table.column(f"refusal_{key}").to_pylist() if f"refusal_{key}" in table.column_names
+                        else [None] * table.num_rows)
+            out.update(zip(table.column("source_uri").to_pylist(),
+                           zip(table.column(f"eligible_{key}").to_pylist(), refusals, strict=True), strict=True))
     return out
 
 
@@ -151,9 +165,8 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
         variant = variants.get(r["sample_id"])
         if request is not None:  # re-applied here too: a request made after rebalancing still wins
             gate.append(opt_out_decision(r["sample_id"], r["source_uri"], request))
-        elif not eligible.get(r["source_uri"], True):
-            gate.append(Decision(r["sample_id"], r["source_uri"], "shard", "drop", "too_complex_for_stage",
-                                 details={"stage": stage}))
+        elif not eligible.get(r["source_uri"], (True, None))[0]:
+            gate.append(ineligible_decision(r["sample_id"], r["source_uri"], stage, eligible[r["source_uri"]][1]))
         elif variant is None or not variant.get("long"):
             gate.append(Decision(r["sample_id"], r["source_uri"], "shard", "drop", "no_caption",
                                  details={"stage": stage}))

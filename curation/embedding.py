@@ -31,7 +31,10 @@ class EmbeddingConfig:
     model: str = "ViT-L-14"
     """open_clip architecture name (open_clip backend only)."""
     pretrained: str | None = None
-    """open_clip weights: a local checkpoint path, or a tag already in the local Hugging Face cache."""
+    """open_clip weights: a local checkpoint path, or a tag already in the local Hugging Face cache. Required: the
+    open_clip backend refuses to run without weights."""
+    allow_random_weights: bool = False
+    """Tests only: let open_clip run with `pretrained` None, i.e. randomly initialised (its embeddings are noise)."""
     device: str = "cpu"
     """`cpu` or `cuda` (open_clip backend; GPU actors declare `num_gpus`)."""
     batch_size: int = 32
@@ -92,6 +95,13 @@ class OpenClipEmbedder:
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         pretrained = config.pretrained
+        if not pretrained and not config.allow_random_weights:
+            # open_clip would build the architecture with random weights and only log it: every embedding, every
+            # dedup and rebalancing decision downstream would then be noise
+            raise ValueError(
+                f"open_clip {config.model!r} has no pretrained weights (pretrained={pretrained!r}): give a local "
+                "checkpoint path or a tag in the local Hugging Face cache (image_features.open_clip_pretrained); "
+                "refusing to embed with random weights")
         if pretrained and not os.path.exists(pretrained) and "/" in pretrained:
             raise FileNotFoundError(f"open_clip weights not found: {pretrained}")
         try:
@@ -101,8 +111,8 @@ class OpenClipEmbedder:
             raise RuntimeError(
                 f"cannot load open_clip {config.model!r} with pretrained={pretrained!r} offline: give a local "
                 f"checkpoint path or pre-populate the Hugging Face cache ({exc})") from exc
-        if pretrained is None:
-            log.warning("open_clip %s has random weights (pretrained=None): only for tests", config.model)
+        if not pretrained:
+            log.warning("open_clip %s has random weights (allow_random_weights): only for tests", config.model)
         torch.set_num_threads(max(1, config.threads))
         self._torch = torch
         self._model = model.eval()

@@ -6,6 +6,7 @@ image must go, one ledger decision naming the reason (the other reasons ride alo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,9 @@ from curation.provenance import c2pa_signals, sdxl_watermark
 from curation.quality import QualityConfig, quality_signals
 from curation.text_density import TextDetector, default_detector, lines_from_boxes
 
-EXCLUSION_CODE_VERSION = "exclusion-2"  # -2: text boxes kept for OCR, detection errors recorded
+EXCLUSION_CODE_VERSION = "exclusion-2"  # -2: text boxes kept for OCR, detector errors recorded
+DETECTOR_ERRORS = ("c2pa_error", "watermark_error", "stealth_error", "text_detection_error")
+"""Row columns (and ledger detail keys) naming a detector that could not run: its verdict is unknown."""
 _MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "TIFF": "image/tiff",
          "AVIF": "image/avif", "HEIF": "image/heif"}
 
@@ -53,9 +56,12 @@ def exclusion_schema(stages: tuple[int, ...]) -> pa.Schema:
             pa.field("source_uri", pa.string(), nullable=False),
             pa.field("ai_generated", pa.bool_(), nullable=False),
             pa.field("ai_signals", pa.list_(pa.string()), nullable=False),
-            pa.field("c2pa_present", pa.bool_()),
+            pa.field("c2pa_present", pa.bool_()),  # null: not checked, or the reader failed (c2pa_error)
             pa.field("c2pa_validation", pa.string()),
+            pa.field("c2pa_error", pa.string()),  # why the C2PA store could not be read: unknown, not "absent"
             pa.field("watermark_bit_accuracy", pa.float32()),
+            pa.field("watermark_error", pa.string()),  # why the SDXL decoder gave no accuracy: unknown, not "absent"
+            pa.field("stealth_error", pa.string()),
             pa.field("probe_score", pa.float32()),
             pa.field("nsfw_score", pa.float32()),
             pa.field("aspect_ratio", pa.float32(), nullable=False),
@@ -69,6 +75,8 @@ def exclusion_schema(stages: tuple[int, ...]) -> pa.Schema:
             pa.field("text_detection", pa.string()),
             pa.field("text_detection_error", pa.string()),
             *[pa.field(f"eligible_{s}", pa.bool_(), nullable=False) for s in stages],
+            # why not eligible: JSON {reason, score, threshold, details} of `curation.quality.stage_refusal`, or null
+            *[pa.field(f"refusal_{s}", pa.string()) for s in stages],
             pa.field("artifacts", pa.list_(pa.string()), nullable=False),
             pa.field("excluded", pa.bool_(), nullable=False),
             pa.field("exclusion_reasons", pa.list_(pa.string()), nullable=False),
@@ -104,15 +112,19 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
             row (`text_boxes`, under the key `text_detection`) for OCR to reuse.
 
     Returns:
-        (row for `exclusion_signals`, a `drop` decision or None). The decision's stage is that of the first
-        reason in the order ai_image, nsfw, artifact; all reasons are in its details.
+        (row for `exclusion_signals`, a decision or None). A `drop` takes the stage of the first reason in the order
+        ai_image, nsfw, artifact; all reasons and any detector errors are in its details. A kept image on which a
+        detector failed (`DETECTOR_ERRORS`) gets a `keep` decision, reason `detector_error`, naming each error.
     """
     signals = list(metadata_signals(metadata))
     row: dict = {"sample_id": sample_id, "source_uri": source_uri, "c2pa_present": None, "c2pa_validation": None,
-                 "watermark_bit_accuracy": None, "probe_score": probe_score, "nsfw_score": nsfw_score}
+                 "c2pa_error": None, "watermark_bit_accuracy": None, "watermark_error": None, "stealth_error": None,
+                 "probe_score": probe_score, "nsfw_score": nsfw_score}
     if config.check_c2pa:
-        c2pa = c2pa_signals(data, _MIME.get(fmt))
-        row["c2pa_present"] = bool(c2pa.get("present"))
+        c2pa = _run_detector(c2pa_signals, data, _MIME.get(fmt))
+        row["c2pa_error"] = c2pa.get("error")
+        # a reader that failed before finding a store has not seen "no manifest": leave presence unknown
+        row["c2pa_present"] = True if c2pa.get("present") else (None if row["c2pa_error"] else False)
         row["c2pa_validation"] = c2pa.get("validation_state")
         if c2pa.get("trained_algorithmic"):
             # with no trust list configured an intact manifest is "Valid" with one error, signingCredential.untrusted:
@@ -123,10 +135,14 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
     facts = probe_image(data, ProbeLimits(min_side=1))  # one decode serves the raw-pixel and the RGB checks
     rgb = facts.rgb
     if config.check_stealth and facts.decoded is not None and facts.decoded.mode in ("RGBA", "RGB"):
-        signals += stealth_signals(facts.decoded)
+        try:
+            signals += stealth_signals(facts.decoded)
+        except Exception as exc:  # a crashed detector is recorded, never read as "nothing found"
+            row["stealth_error"] = f"stealth reader crashed: {type(exc).__name__}: {exc}"
     if config.check_watermark:
-        mark = sdxl_watermark(rgb)
+        mark = _run_detector(sdxl_watermark, rgb)
         row["watermark_bit_accuracy"] = mark.get("bit_accuracy")
+        row["watermark_error"] = mark.get("error")
         if mark.get("detected"):
             signals.append(f"watermark:sdxl_dwtdct({mark['bit_accuracy']:.3f})")
     if probe_score is not None and probe_score >= config.probe_threshold:
@@ -143,7 +159,9 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
         except Exception as exc:  # a crashed detector is recorded as such, never read as "no text"
             row["text_detection_error"] = f"{type(exc).__name__}: {exc}"
     quality = quality_signals(rgb, config.quality, lines)
-    row.update({k: v for k, v in quality.items() if k != "artifacts"})
+    row.update({k: v for k, v in quality.items() if k != "artifacts" and not k.startswith("refusal_")})
+    row.update({k: None if v is None else json.dumps(v, sort_keys=True) for k, v in quality.items()
+                if k.startswith("refusal_")})
     row["text_lines"] = None if lines is None else len(lines)
     row["artifacts"] = quality["artifacts"]
     row["ai_signals"] = signals
@@ -163,10 +181,21 @@ def assess(sample_id: str, source_uri: str, data: bytes, fmt: str, metadata: dic
             reasons.append(("artifact", artifact, None, None))
     row["excluded"] = bool(reasons)
     row["exclusion_reasons"] = [r[1] for r in reasons]
+    errors = {k: row[k] for k in DETECTOR_ERRORS if row[k]}
     if not reasons:
+        if errors:  # kept, but not cleared by every detector: the ledger says which could not run and why
+            return row, Decision(sample_id, source_uri, "ai_image", "keep", "detector_error", details=errors)
         return row, None
     stage, reason, score, threshold = reasons[0]
     details = {"ai_signals": signals, "all_reasons": row["exclusion_reasons"], "artifacts": quality["artifacts"],
-               "nsfw_score": nsfw_score}
+               "nsfw_score": nsfw_score, **errors}
     return row, Decision(sample_id, source_uri, stage, "drop", reason, score=score, threshold=threshold,
                          details=details)
+
+
+def _run_detector(detector, *args) -> dict:
+    """A detector's result dict; an unexpected exception becomes its `error` instead of taking the part down."""
+    try:
+        return detector(*args)
+    except Exception as exc:  # recorded as the error, never as "not detected"
+        return {"error": f"{detector.__name__} crashed: {type(exc).__name__}: {exc}"}

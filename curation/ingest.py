@@ -17,12 +17,14 @@ from curation.ai_metadata import metadata_signals
 from curation.decisions import Decision, StageCounts
 from curation.image_io import ImageRejected, ProbeLimits, extension_matches, probe_image
 from curation.opt_out import OptOutList, opt_out_decision
+from curation.provenance import c2pa_manifest_store
 from curation.schema import SOURCE_IMAGES_SCHEMA
 from curation.sources import RawItem, ReadLimits, WorkUnit, licence_of, read_unit
+from curation.tdm import TdmPolicy, may_carry_c2pa, tdm_decision, tdm_reservation
 
 log = logging.getLogger(__name__)
 
-INGEST_CODE_VERSION = "ingest-1"
+INGEST_CODE_VERSION = "ingest-2"
 ROW_GROUP_SIZE = 256
 """Rows per Parquet row group of `source_images` (images are large; a few hundred rows per group)."""
 
@@ -37,6 +39,9 @@ class IngestConfig:
     """Reading limits (file and sidecar sizes, unit sizes)."""
     default_licence: str | None = None
     """Licence recorded for samples whose sidecars name none (e.g. the licence of a whole licensed archive)."""
+    tdm: TdmPolicy = field(default_factory=TdmPolicy)
+    """Machine-readable TDM reservations (PLUS DataMining, C2PA/CAWG training-mining, TDMRep, noai) that drop an
+    input at ingest (`curation.tdm`)."""
 
 
 @dataclass
@@ -82,6 +87,11 @@ def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[
     if not extension_matches(facts.format, item.name):
         notes.append(f"extension_mismatch_is_{facts.format.lower()}")
     metadata = {"embedded": facts.metadata or {}, "sidecar": item.sidecar}
+    reservation, tdm_note = check_tdm(item.data, facts.format, metadata, config.tdm)
+    if reservation is not None:
+        return None, [tdm_decision(sample_id, item.source_uri, reservation)]
+    if tdm_note:
+        notes.append(tdm_note)
     row = {
         "sample_id": sample_id,
         "source": source,
@@ -105,6 +115,18 @@ def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[
         decisions.append(Decision(sample_id, item.source_uri, "ingest", "keep", "normalised",
                                   details={"notes": notes, "mode": facts.mode, "format": facts.format}))
     return row, decisions
+
+
+def check_tdm(data: bytes, fmt: str | None, metadata: dict[str, Any], policy: TdmPolicy):
+    """(the barring TDM reservation or None, a note when the C2PA store that might hold one could not be read)."""
+    if not policy.enabled:
+        return None, None
+    store, note = None, None
+    if may_carry_c2pa(data):
+        store, _, error = c2pa_manifest_store(data, fmt)
+        if error:  # the reservation, if any, is unknown: say so on the row rather than read it as "none"
+            note = "tdm_c2pa_unreadable"
+    return tdm_reservation(metadata, store, policy), note
 
 
 def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig, opt_outs: OptOutList | None = None) -> UnitResult:

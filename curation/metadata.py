@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import unicodedata
 from typing import Any
 
 from PIL import ExifTags, Image, IptcImagePlugin, TiffImagePlugin
@@ -42,11 +43,52 @@ _IPTC_NAMES = {
 _INFO_SKIP = {"exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "photoshop", "iptc", "adobe", "adobe_transform"}
 
 
+def _utf16_score(text: str) -> int:
+    """Plausibility of a UTF-16 decoding: the wrong byte order turns ASCII into CJK-looking code points and other
+    text into unassigned, private or replacement characters."""
+    score = 0
+    for ch in text:
+        if ch.isascii():
+            score += 2 if ch.isprintable() or ch in "\r\n\t" else -2
+        elif ch == "\ufffd" or unicodedata.category(ch) in ("Cn", "Co", "Cs"):
+            score -= 4
+    return score
+
+
+def decode_utf16_unknown_order(body: bytes, big_endian: bool = False) -> str:
+    """UTF-16 text whose byte order is unknown: a BOM decides, else the more plausible of both orders (the EXIF
+    block's own order first, for ties). piexif writes big-endian whatever the block's order; others native."""
+    if body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return body.decode("utf-16", errors="replace")
+    order = ["utf-16-be", "utf-16-le"] if big_endian else ["utf-16-le", "utf-16-be"]
+    decoded = [body[: len(body) // 2 * 2].decode(c, errors="replace") for c in order]
+    return max(decoded, key=_utf16_score)
+
+
+def _decode_jis(body: bytes) -> str:
+    # EXIF names JIS X 0208 but writers put ISO-2022-JP (escape sequences), Shift_JIS or EUC-JP there
+    for codec in (("iso2022_jp",) if b"\x1b" in body else ()) + ("shift_jis", "euc_jp"):
+        try:
+            return body.decode(codec)
+        except UnicodeDecodeError:
+            continue
+    return body.decode("shift_jis", errors="replace")
+
+
+def _decode_undefined(body: bytes, big_endian: bool) -> str:
+    # "undefined" charset: UTF-8 by convention; UTF-16 shows as NULs between ASCII bytes
+    if body.count(b"\x00") > len(body) // 4:
+        return decode_utf16_unknown_order(body, big_endian)
+    return body.decode("utf-8", errors="replace")
+
+
 def decode_user_comment(raw: bytes, big_endian: bool = False) -> str:
     """Decode an EXIF UserComment (8-byte charset prefix, then the text) to a string.
 
-    AUTOMATIC1111 and other generators write their parameters here as `UNICODE` (UTF-16); byte order follows the
-    TIFF header but is often wrong in practice, so both are tried.
+    Every charset the standard names: `ASCII`, `UNICODE` (UTF-16 in either byte order, with or without BOM:
+    AUTOMATIC1111 and other generators write their parameters here through piexif, big-endian in a little-endian
+    block), `JIS` (ISO-2022-JP, Shift_JIS or EUC-JP) and undefined (8 NULs; UTF-8, or UTF-16 when it looks like it),
+    plus a comment with no prefix at all.
 
     Args:
         raw: the tag's raw bytes.
@@ -57,19 +99,20 @@ def decode_user_comment(raw: bytes, big_endian: bool = False) -> str:
     """
     prefix, body = raw[:8], raw[8:]
     if prefix.startswith(b"UNICODE"):
-        candidates = ["utf-16-be", "utf-16-le"] if big_endian else ["utf-16-le", "utf-16-be"]
-        decoded = [body.decode(c, errors="replace") for c in candidates]
-        # The wrong byte order turns ASCII into CJK-looking code points; prefer the one with more ASCII.
-        text = max(decoded, key=lambda t: sum(ch.isascii() for ch in t))
+        text = decode_utf16_unknown_order(body, big_endian)
     elif prefix.startswith(b"ASCII"):
         text = body.decode("ascii", errors="replace")
     elif prefix.startswith(b"JIS"):
-        text = body.decode("shift_jis", errors="replace")
+        text = _decode_jis(body)
+    elif prefix == b"\x00" * 8:
+        text = _decode_undefined(body, big_endian)
     else:
-        text = raw.lstrip(b"\x00").decode("utf-8", errors="replace") if len(raw) > 8 else ""
-        if prefix == b"\x00" * 8:
-            text = body.decode("utf-8", errors="replace")
+        text = _decode_undefined(raw.lstrip(b"\x00"), big_endian)
     return text.rstrip("\x00").strip()
+
+
+_XP_TAGS = {0x9C9B, 0x9C9C, 0x9C9D, 0x9C9E, 0x9C9F}
+"""Windows XPTitle, XPComment, XPAuthor, XPKeywords, XPSubject: UTF-16LE in BYTE arrays."""
 
 
 def jsonable(value: Any, truncated: list[str], key: str = "") -> Any:
@@ -108,17 +151,22 @@ def _exif_dict(img: Image.Image, truncated: list[str]) -> dict[str, Any]:
     big_endian = getattr(exif, "endian", "<") == ">"
     out: dict[str, Any] = {}
 
-    def add(tags: dict[int, Any], names: dict[int, str], prefix: str = "") -> None:
+    def add(tags: dict[int, Any], names: dict[int, str], prefix: str = "", label: str = "") -> None:
         for tag, value in tags.items():
             name = names.get(tag, f"0x{tag:04x}")
             if name == "UserComment" and isinstance(value, bytes):
                 value = decode_user_comment(value, big_endian)
-            out[prefix + name] = jsonable(value, truncated, prefix + name)
+            elif tag in _XP_TAGS and isinstance(value, bytes | tuple):
+                value = bytes(value).decode("utf-16-le", errors="replace").rstrip("\x00")
+            key = prefix + name
+            if key in out and label:  # the same tag in IFD0 and the Exif IFD (writers misplace): keep both
+                key = f"{label}.{name}"
+            out[key] = jsonable(value, truncated, key)
 
     add({k: v for k, v in exif.items() if k not in (0x8769, 0x8825, 0xA005)}, ExifTags.TAGS)
-    for ifd_tag, prefix in ((0x8769, ""), (0xA005, "Interop.")):
+    for ifd_tag, prefix, label in ((0x8769, "", "ExifIFD"), (0xA005, "Interop.", "")):
         try:
-            add(dict(exif.get_ifd(ifd_tag)), ExifTags.TAGS, prefix)
+            add(dict(exif.get_ifd(ifd_tag)), ExifTags.TAGS, prefix, label)
         except Exception as exc:  # a corrupt sub-IFD loses that sub-IFD, recorded, not the image
             out[f"_error_ifd_0x{ifd_tag:04x}"] = str(exc)
     try:

@@ -167,6 +167,31 @@ def _validation_errors(store: dict[str, Any]) -> list[str]:
     return list(found)
 
 
+def c2pa_manifest_store(data: bytes, mime: str | None = None, *,
+                        trust_anchors_pem: str | None = None) -> tuple[dict[str, Any] | None, bool, str | None]:
+    """The embedded C2PA manifest store as c2pa-rs reports it (offline), for every reader of manifests.
+
+    Returns:
+        (store JSON or None, present, error): no store and no error when the file has no C2PA data; `present` with
+        an error when a store was found but is unreadable; an error alone when the container could not be read
+        (unsupported, unparsable, or the manifest lives only at a remote URL, which is not fetched).
+    """
+    fmt = _c2pa_format(mime)
+    try:
+        reader = c2pa.Reader.try_create(fmt, io.BytesIO(data), context=_reader_context(trust_anchors_pem))
+    except c2pa.C2paError as exc:
+        log.debug("c2pa could not read the asset: %s", exc)
+        return None, False, str(exc) or type(exc).__name__
+    if reader is None:
+        return None, False, None
+    try:
+        with reader:
+            return json.loads(reader.json()), True, None
+    except (c2pa.C2paError, ValueError) as exc:
+        log.warning("c2pa manifest store unreadable: %s", exc)
+        return None, True, f"manifest store unreadable: {exc}"
+
+
 def c2pa_signals(data: bytes, mime: str | None = None, *, trust_anchors_pem: str | None = None) -> dict[str, Any]:
     """Read and validate the C2PA manifest store embedded in image bytes, offline.
 
@@ -190,22 +215,10 @@ def c2pa_signals(data: bytes, mime: str | None = None, *, trust_anchors_pem: str
         in `TRAINED_SOURCE_TYPES`, whatever the validation state) and `error` (why the store could not be read; a
         file without C2PA data is not an error).
     """
-    fmt = _c2pa_format(mime)
-    try:
-        reader = c2pa.Reader.try_create(fmt, io.BytesIO(data), context=_reader_context(trust_anchors_pem))
-    except c2pa.C2paError as exc:
-        # Unsupported container, unparsable file, or a manifest that lives only at a remote URL (not fetched).
-        log.debug("c2pa could not read the asset: %s", exc)
-        return _empty_c2pa(str(exc) or type(exc).__name__)
-    if reader is None:
-        return _empty_c2pa()
-    try:
-        with reader:
-            store = json.loads(reader.json())
-    except (c2pa.C2paError, ValueError) as exc:
-        log.warning("c2pa manifest store unreadable: %s", exc)
-        out = _empty_c2pa(f"manifest store unreadable: {exc}")
-        out["present"] = True
+    store, present, error = c2pa_manifest_store(data, mime, trust_anchors_pem=trust_anchors_pem)
+    if store is None:
+        out = _empty_c2pa(error)
+        out["present"] = present
         return out
 
     manifests = store.get("manifests") or {}
@@ -267,6 +280,7 @@ __all__ = [
     "WATERMARK_MIN_BIT_ACCURACY",
     "WATERMARK_MIN_PIXELS",
     "WATERMARK_MIN_SIDE",
+    "c2pa_manifest_store",
     "c2pa_signals",
     "sdxl_watermark",
 ]

@@ -7,6 +7,7 @@ curriculum stage, heavy JPEG blocking, and content whose detail is lost when bro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +121,38 @@ def detail_loss(gray: np.ndarray, side: int) -> float:
     return float(np.mean((gray - round_trip) ** 2) / variance)
 
 
+STAGE_REFUSALS = ("too_small_for_stage", "text_illegible_at_stage", "detail_lost_at_stage")
+
+
+def stage_refusal(width: int, height: int, detail_loss_at_stage: float, small_text_at_stage: float | None,
+                  stage: int, config: QualityConfig = QualityConfig()) -> dict | None:
+    """Why an image may not train at `stage`, with the measure and the bound it broke; None when it may.
+
+    Reasons, first failing check first: `too_small_for_stage` (score: the square-equivalent side sqrt(w*h), which is
+    what the aspect buckets scale; threshold: `min_scale` x stage), `text_illegible_at_stage` (score: the share of the
+    image covered by text too small to read at the stage; threshold: `max_small_text`), `detail_lost_at_stage`
+    (score: the fraction of variance lost at the stage's size; threshold: `max_detail_loss`). The last (largest)
+    stage takes any complexity: nothing larger exists to wait for. `details` holds the image's size, its short side,
+    and every failing check (`failed`), so a drop for one reason still shows the others.
+    """
+    side = math.sqrt(width * height)
+    failed: list[dict] = []
+    if side < config.min_scale * stage:
+        failed.append({"reason": "too_small_for_stage", "score": round(side, 1),
+                       "threshold": round(config.min_scale * stage, 1)})
+    if stage != max(config.stages):
+        if small_text_at_stage is not None and small_text_at_stage > config.max_small_text:
+            failed.append({"reason": "text_illegible_at_stage", "score": round(float(small_text_at_stage), 4),
+                           "threshold": config.max_small_text})
+        if detail_loss_at_stage > config.max_detail_loss:
+            failed.append({"reason": "detail_lost_at_stage", "score": round(float(detail_loss_at_stage), 4),
+                           "threshold": config.max_detail_loss})
+    if not failed:
+        return None
+    return {**failed[0], "details": {"stage_size": stage, "width": width, "height": height,
+                                     "short_side": min(width, height), "failed": failed}}
+
+
 def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig(),
                     text_lines: np.ndarray | None = None) -> dict:
     """Every artifact measure and the per-stage eligibility of one image.
@@ -131,7 +164,7 @@ def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig(),
 
     Returns:
         `aspect_ratio`, `border_fraction`, `blockiness`, `detail_loss_<stage>`, `small_text_<stage>` (None when not
-        measured), `eligible_<stage>` and
+        measured), `eligible_<stage>`, `refusal_<stage>` (`stage_refusal`: None when eligible) and
         `artifacts` (the list of artifact reasons: `border`, `extreme_aspect`, `too_small_for_<first stage>`,
         `blocking`).
     """
@@ -150,10 +183,9 @@ def quality_signals(rgb: Image.Image, config: QualityConfig = QualityConfig(),
         out[f"detail_loss_{stage}"] = loss
         small_text = None if text_lines is None else small_text_fraction(text_lines, w, h, stage)
         out[f"small_text_{stage}"] = small_text
-        big_enough = side >= config.min_scale * stage
-        simple_enough = stage == max(config.stages) or (
-            loss <= config.max_detail_loss and (small_text is None or small_text <= config.max_small_text))
-        out[f"eligible_{stage}"] = bool(big_enough and simple_enough)
+        refusal = stage_refusal(w, h, loss, small_text, stage, config)
+        out[f"eligible_{stage}"] = refusal is None
+        out[f"refusal_{stage}"] = refusal
     artifacts = []
     if out["border_fraction"] > config.max_border_fraction:
         artifacts.append("border")

@@ -13,6 +13,21 @@ Two views of "over-represented":
   it, so `p_concept` is the max over its concepts. A sample with no concept has `p_concept = 1`: it is governed by the
   clusters alone.
 
+Default caps are derived from the corpus so that they act at any size (DESIGN: a concept or a cluster holding half
+of the corpus is cut, whether the corpus has 400 or 100M samples):
+
+- concept t = max(`concept_cap_min`, `concept_cap_fraction` x n): a concept matched by more than 5% of the samples
+  keeps about 5% of the corpus; every concept below that keeps everything. A quantile of the per-concept counts (the
+  earlier default) is the head's own count when few concepts exist, so it never cut a head that held 46% of a small
+  corpus, and on a 2,700-concept Zipf tail it fell to ~20 and cut 40% of the non-head samples. MetaCLIP 2's rule
+  (t such that the concepts below t hold a fixed share of all matches) is `concept_tail_share`.
+- top-cluster cap = max(n / k_top, min(`cluster_cap_factor` x median top cluster, `cluster_cap_share` x n)): a top
+  cluster that stands out against the others (a dense mass) or holds more than a quarter of the corpus is cut, never
+  below the equal share n / k_top (with 4 top clusters a uniform corpus has 25% in each). The factor alone missed a
+  broad head at small n: with 4 top clusters, half of the corpus is only ~2x the median.
+
+Measured keep rates on the dev sets of `bench/rebalance_defaults.py` are in bench/BENCHMARKS.md.
+
 The two are combined per sample (`RebalanceConfig.combine`, default `min`), and the keep/drop draw is a deterministic
 uniform from `hash(seed, sample_id)`, so the result is the same whatever the row order. Rows are also sorted by
 `sample_id` before clustering, so the clusters themselves do not depend on row order either.
@@ -35,7 +50,7 @@ from curation.decisions import Decision, StageCounts
 
 logger = logging.getLogger(__name__)
 
-REBALANCE_CODE_VERSION = "rebalance-1"
+REBALANCE_CODE_VERSION = "rebalance-2"
 OVER_CLUSTER, OVER_CONCEPT = "over_represented_cluster", "over_represented_concept"
 
 
@@ -60,14 +75,19 @@ class RebalanceConfig:
     """Fraction of the corpus that the cluster balancing keeps in expectation (Vo et al.'s budget, water-filled
     top-down). None: derived from `cluster_cap_factor`, which only trims clusters that stand out."""
     cluster_cap_factor: float = 3.0
-    """With `cluster_budget` None: the root budget is sum(min(size, factor * median size)) over the top clusters, i.e.
-    a top cluster larger than `factor` times the median top cluster is cut down to that size (a cluster-level
-    MetaCLIP `t`), and the others keep everything."""
+    """With `cluster_budget` None: the root budget is sum(min(size, cap)) over the top clusters (a cluster-level
+    MetaCLIP `t`); a top cluster larger than `factor` times the median top cluster is cut (`default_cluster_cap`)."""
+    cluster_cap_share: float = 0.25
+    """With `cluster_budget` None: a top cluster holding more than this share of the corpus is cut to it (never below
+    the equal share n / k_top)."""
     concept_cap: float | None = None
-    """MetaCLIP's t: a concept matched by c samples keeps each with probability min(1, t / c). None: the
-    `concept_cap_quantile` quantile of the per-concept counts, at least `concept_cap_min`."""
-    concept_cap_quantile: float = 0.95
-    """With `concept_cap` None: concepts counted above this quantile of all concept counts are capped to it."""
+    """MetaCLIP's t: a concept matched by c samples keeps each with probability min(1, t / c). None: derived from the
+    corpus (`default_concept_cap`)."""
+    concept_cap_fraction: float = 0.05
+    """With `concept_cap` None: t = this fraction of the samples, at least `concept_cap_min`."""
+    concept_tail_share: float | None = None
+    """With `concept_cap` None and this set: MetaCLIP 2's rule instead of the fraction, t such that the concepts
+    counted below t hold this share of all concept matches (at least `concept_cap_min`)."""
     concept_cap_min: float = 20.0
     """Smallest default t: a small corpus never caps a concept seen fewer times than this."""
     combine: str = "min"
@@ -93,6 +113,10 @@ class RebalanceConfig:
             raise ValueError(f"init must be 'kmeans++' or 'random', got {self.init!r}")
         if self.cluster_budget is not None and not 0.0 < self.cluster_budget <= 1.0:
             raise ValueError("cluster_budget must be in (0, 1]")
+        if not 0.0 < self.cluster_cap_share <= 1.0 or not 0.0 < self.concept_cap_fraction <= 1.0:
+            raise ValueError("cluster_cap_share and concept_cap_fraction must be in (0, 1]")
+        if self.concept_tail_share is not None and not 0.0 < self.concept_tail_share < 1.0:
+            raise ValueError("concept_tail_share must be in (0, 1)")
 
 
 def default_clusters_per_level(n: int, levels: int) -> tuple[int, ...]:
@@ -239,8 +263,22 @@ def water_fill(sizes: np.ndarray, budget: float) -> np.ndarray:
     return np.minimum(sizes, cap)
 
 
-def cluster_keep_probability(labels: np.ndarray, budget: float | None = None,
-                             cap_factor: float = 3.0) -> tuple[np.ndarray, float]:
+def default_cluster_cap(top_sizes: np.ndarray, cap_factor: float = 3.0, cap_share: float = 0.25) -> float:
+    """The default cap of a top cluster: max(n / k, min(cap_factor x median size, cap_share x n)).
+
+    The factor catches a dense mass among many top clusters, the share a broad head among few (at small n the top
+    level has ~4 clusters and half of the corpus is only ~2x the median); the floor n / k is the equal share, so a
+    corpus whose top clusters are all about the same size is never cut.
+    """
+    sizes = np.asarray(top_sizes, dtype=np.float64)
+    if len(sizes) == 0:
+        return 0.0
+    n = sizes.sum()
+    return float(max(n / len(sizes), min(cap_factor * np.median(sizes), cap_share * n)))
+
+
+def cluster_keep_probability(labels: np.ndarray, budget: float | None = None, cap_factor: float = 3.0,
+                             cap_share: float = 0.25) -> tuple[np.ndarray, float]:
     """Vo et al.'s balanced sampling as a keep probability per sample, from a cluster hierarchy.
 
     The root budget is water-filled across the top clusters, each cluster's allocation across its children, down to
@@ -248,8 +286,9 @@ def cluster_keep_probability(labels: np.ndarray, budget: float | None = None,
 
     Args:
         labels: (n, levels) cluster ids from `hierarchical_kmeans` (column 0 the leaf, last column the top).
-        budget: expected number of samples kept. None: sum(min(size, cap_factor * median size)) over top clusters.
+        budget: expected number of samples kept. None: sum(min(size, `default_cluster_cap`)) over top clusters.
         cap_factor: see `RebalanceConfig.cluster_cap_factor`.
+        cap_share: see `RebalanceConfig.cluster_cap_share`.
 
     Returns:
         (p, budget): p is (n,) float64 in [0, 1]; budget is the root budget used.
@@ -263,7 +302,7 @@ def cluster_keep_probability(labels: np.ndarray, budget: float | None = None,
     top = labels[:, -1]
     top_ids, top_sizes = np.unique(top, return_counts=True)
     if budget is None:
-        budget = float(np.minimum(top_sizes, cap_factor * np.median(top_sizes)).sum())
+        budget = float(np.minimum(top_sizes, default_cluster_cap(top_sizes, cap_factor, cap_share)).sum())
     alloc = dict(zip(top_ids.tolist(), water_fill(top_sizes, budget).tolist(), strict=True))
     for level in range(levels - 2, -1, -1):
         pairs, sizes = np.unique(labels[:, [level, level + 1]], axis=0, return_counts=True)
@@ -286,11 +325,29 @@ def concept_counts(concept_lists: Sequence[Sequence[str]]) -> Counter:
     return counts
 
 
-def default_concept_cap(counts: Counter, quantile: float = 0.95, minimum: float = 20.0) -> float:
-    """MetaCLIP's t when none is given: the `quantile` of the per-concept counts, at least `minimum`."""
-    if not counts:
-        return float(minimum)
-    return float(max(minimum, np.quantile(np.fromiter(counts.values(), np.float64), quantile)))
+def tail_share_cap(counts: Counter, tail_share: float) -> float:
+    """MetaCLIP 2's t from a tail share p: the count at which the concepts sorted by count reach p of all matches.
+
+    Concepts counted below t then hold about p of the matches (MetaCLIP 2 derives p from English's t and applies it
+    per language; `curation` applies it per corpus).
+    """
+    values = np.sort(np.fromiter(counts.values(), np.float64))
+    if len(values) == 0:
+        return 0.0
+    portion = np.cumsum(values) / values.sum()
+    return float(values[int(np.abs(portion - tail_share).argmin())])
+
+
+def default_concept_cap(counts: Counter, n_samples: int, fraction: float = 0.05, minimum: float = 20.0,
+                        tail_share: float | None = None) -> float:
+    """MetaCLIP's t when none is given: max(minimum, fraction x n_samples), or MetaCLIP 2's `tail_share_cap`.
+
+    A fraction of the corpus acts the same whatever the number of distinct concepts: with one concept on half of
+    the samples t is 10% of that concept's count, with thousands of small ones nothing below the fraction is cut.
+    """
+    if tail_share is not None:
+        return float(max(minimum, tail_share_cap(counts, tail_share)))
+    return float(max(minimum, fraction * n_samples))
 
 
 def concept_keep_probability(concept_lists: Sequence[Sequence[str]], t: float | None,
@@ -299,7 +356,7 @@ def concept_keep_probability(concept_lists: Sequence[Sequence[str]], t: float | 
 
     Args:
         concept_lists: the matched concepts of each sample.
-        t: the per-concept cap (None: `default_concept_cap` of the counts).
+        t: the per-concept cap (None: `default_concept_cap` over the samples of `concept_lists`).
         counts: samples per concept (computed from `concept_lists` when None; pass the counts of a larger pool to
             balance a slice against it).
 
@@ -307,7 +364,7 @@ def concept_keep_probability(concept_lists: Sequence[Sequence[str]], t: float | 
         (n,) float64 keep probabilities.
     """
     counts = concept_counts(concept_lists) if counts is None else counts
-    t = default_concept_cap(counts) if t is None else float(t)
+    t = default_concept_cap(counts, len(concept_lists)) if t is None else float(t)
     p = np.ones(len(concept_lists), np.float64)
     for i, concepts in enumerate(concept_lists):
         if concepts:
@@ -412,12 +469,13 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
     labels = np.empty_like(sorted_labels)
     labels[order] = sorted_labels
     budget = None if config.cluster_budget is None else config.cluster_budget * n
-    p_cluster, budget = cluster_keep_probability(labels, budget, config.cluster_cap_factor)
+    p_cluster, budget = cluster_keep_probability(labels, budget, config.cluster_cap_factor, config.cluster_cap_share)
 
     counts_before = concept_counts(concepts)
     t = config.concept_cap
     if t is None:
-        t = default_concept_cap(counts_before, config.concept_cap_quantile, config.concept_cap_min)
+        t = default_concept_cap(counts_before, n, config.concept_cap_fraction, config.concept_cap_min,
+                                config.concept_tail_share)
     p_concept = concept_keep_probability(concepts, t, counts_before)
 
     p = np.minimum(p_cluster, p_concept) if config.combine == "min" else p_cluster * p_concept

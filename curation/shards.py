@@ -9,12 +9,14 @@ Lanczos filter (reducing in steps for large downscales) and centre-cropped; an i
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass
 
 import pyarrow as pa
 from PIL import Image
 
+from curation.decisions import Decision
 from curation.image_io import load_rgb
 
 SHARD_CODE_VERSION = "shards-1"
@@ -109,9 +111,29 @@ def prepare(data: bytes, config: ShardConfig, buckets: list[tuple[int, int]]) ->
     img = load_rgb(data)
     bucket = nearest_bucket(img.width, img.height, buckets)
     scale = max(bucket[0] / img.width, bucket[1] / img.height)
-    details = {"source_size": [img.width, img.height], "bucket": f"{bucket[0]}x{bucket[1]}", "scale": round(scale, 4)}
+    details = {"source_size": [img.width, img.height], "short_side": min(img.width, img.height),
+               "bucket": f"{bucket[0]}x{bucket[1]}", "scale": round(scale, 4), "max_upscale": config.max_upscale}
     if scale > config.max_upscale:
         return None, "too_small_for_stage", details
     fitted, _ = fit_to_bucket(img, bucket)
     return ({"bucket": f"{bucket[0]}x{bucket[1]}", "width": bucket[0], "height": bucket[1],
              "image": encode(fitted, config)}, None, details)
+
+
+def ineligible_decision(sample_id: str, source_uri: str, stage: str, refusal: str | dict | None) -> Decision:
+    """The shard-stage drop of a curated sample the exclusion filters found ineligible for `stage`.
+
+    Args:
+        sample_id, source_uri: the sample.
+        stage: the curriculum stage key (the shard partition).
+        refusal: the `refusal_<size>` value of `exclusion_signals` (JSON or its dict: reason, score, threshold,
+            details; `curation.quality.stage_refusal`). None when the signals predate recorded refusals: the drop
+            then says `ineligible_for_stage` without a measure rather than inventing one.
+    """
+    if isinstance(refusal, str):
+        refusal = json.loads(refusal)
+    if not refusal:
+        return Decision(sample_id, source_uri, "shard", "drop", "ineligible_for_stage",
+                        details={"stage": stage, "note": "exclusion_signals has no refusal reason: rematerialize"})
+    return Decision(sample_id, source_uri, "shard", "drop", refusal["reason"], score=refusal.get("score"),
+                    threshold=refusal.get("threshold"), details={"stage": stage, **(refusal.get("details") or {})})

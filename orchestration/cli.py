@@ -257,8 +257,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from curation.image_io import ImageRejected, ProbeLimits, probe_image
-    from curation.ingest import sha256_hex
+    from curation.ingest import check_tdm, sha256_hex
     from curation.sources import RawItem, ReadLimits, plan_units, read_unit
+    from curation.tdm import TdmPolicy
 
     limits = ProbeLimits(min_side=args.min_side)
     extractor = None
@@ -282,9 +283,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     facts = probe_image(item.data, limits, with_metadata=True)
                     record.update(format=facts.format, width=facts.width, height=facts.height, mode=facts.mode,
                                   n_frames=facts.n_frames, notes=facts.notes + item.notes)
+                    reservation, tdm_note = check_tdm(item.data, facts.format, {"embedded": facts.metadata or {},
+                                                                                "sidecar": item.sidecar}, TdmPolicy())
+                    record["tdm_reservation"] = reservation.details() if reservation else None
+                    if tdm_note:
+                        record["notes"] = record["notes"] + [tdm_note]
                     if extractor is not None:
                         record.update(_feature_signals(extractor, item.data))
-                        record.update(_exclusion_signals(item, facts, record.get("nsfw_score")))
+                        record.update(_exclusion_signals(record["sample_id"], item, facts, record.get("nsfw_score")))
                 except ImageRejected as rej:
                     record["error"] = rej.reason
                     record["error_detail"] = rej.details.get("message")
@@ -306,14 +312,15 @@ def _feature_signals(extractor, data: bytes) -> dict[str, Any]:
             "nsfw_score": round(float(features["nsfw_score"]), 5)}
 
 
-def _exclusion_signals(item, facts, nsfw_score: float | None) -> dict[str, Any]:
+def _exclusion_signals(sample_id: str, item, facts, nsfw_score: float | None) -> dict[str, Any]:
     from curation.exclusion import ExclusionConfig, assess
 
-    row, decision = assess(facts.format, item.source_uri, item.data, facts.format,
+    row, decision = assess(sample_id, item.source_uri, item.data, facts.format,
                            {"embedded": facts.metadata or {}, "sidecar": item.sidecar}, nsfw_score, None,
                            ExclusionConfig())
-    keep = ("ai_generated", "ai_signals", "c2pa_present", "c2pa_validation", "watermark_bit_accuracy", "artifacts",
-            "eligible_256", "eligible_512", "eligible_1024", "excluded", "exclusion_reasons")
+    keep = ("ai_generated", "ai_signals", "c2pa_present", "c2pa_validation", "c2pa_error", "watermark_bit_accuracy",
+            "watermark_error", "stealth_error", "artifacts", "eligible_256", "eligible_512", "eligible_1024",
+            "refusal_256", "refusal_512", "refusal_1024", "excluded", "exclusion_reasons")
     return {k: row[k] for k in keep}
 
 

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from assets.source_images import ASSET, source_drops, source_images
+from curation.ingest import INGEST_CODE_VERSION
 from curation.sources import canonical_uri, drop_key
 from orchestration.definitions import build_resources
 from orchestration.storage import SUCCESS_MARKER, TableStore
@@ -66,7 +67,7 @@ def test_every_input_is_accounted_for(ray_session, tmp_path, storage, instance):
     assert any(json.loads(r["metadata"])["sidecar"].get("caption") == "caption zero" for r in rows)
     drops = store.read_decisions(ASSET).to_pylist()
     assert sum(d["decision"] == "drop" for d in drops) == 5
-    assert all(d["stage"] == "ingest" and d["run_id"] and d["code_version"] == "ingest-1" for d in drops)
+    assert all(d["stage"] == "ingest" and d["run_id"] and d["code_version"] == INGEST_CODE_VERSION for d in drops)
     assert store.read_json(f"{store.dir(ASSET, key)}/{SUCCESS_MARKER}")["accounting_passed"] is True
 
 

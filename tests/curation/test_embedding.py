@@ -34,10 +34,22 @@ def test_open_clip_backend_from_a_tiny_local_config(tmp_path):
 
     (tmp_path / "atelier-tiny-vit.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(str(tmp_path / "atelier-tiny-vit.json"))
-    embedder = load_embedder(EmbeddingConfig(backend="open_clip", model="atelier-tiny-vit", pretrained=None))
+    embedder = load_embedder(EmbeddingConfig(backend="open_clip", model="atelier-tiny-vit", pretrained=None,
+                                             allow_random_weights=True))
     emb, nsfw = embedder.embed([make_image(seed=s) for s in range(3)])
     assert emb.shape == (3, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     assert nsfw.shape == (3,) and embedder.dim == 32
+
+
+def test_open_clip_without_weights_refuses_to_run(tmp_path):
+    """No pretrained weights is an error naming what is missing, not a warning and random embeddings."""
+    import open_clip
+
+    (tmp_path / "atelier-tiny-vit.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(str(tmp_path / "atelier-tiny-vit.json"))
+    for pretrained in (None, ""):
+        with pytest.raises(ValueError, match="no pretrained weights.*refusing to embed with random weights"):
+            load_embedder(EmbeddingConfig(backend="open_clip", model="atelier-tiny-vit", pretrained=pretrained))
 
 
 def test_open_clip_missing_local_weights_fail_clearly():

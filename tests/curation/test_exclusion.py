@@ -98,3 +98,50 @@ def test_c2pa_generation_drops_valid_and_tampered_apart(pki):  # noqa: F811 - th
     assert row["c2pa_validation"] == "Invalid" and decision.reason == "ai_generated_c2pa_invalid"
     untrained = sign(pki, PHOTO.read_bytes(), "image/jpeg", IPTC + "algorithmicMedia")
     assert run(untrained)[1] is None
+
+
+def test_a_crashed_c2pa_reader_is_an_error_not_an_absent_manifest(monkeypatch):
+    import curation.exclusion as exclusion
+
+    def crash(data, mime):
+        raise RuntimeError("reader exploded")
+
+    monkeypatch.setattr(exclusion, "c2pa_signals", crash)
+    row, decision = run(PHOTO.read_bytes())
+    assert row["c2pa_present"] is None and "RuntimeError: reader exploded" in row["c2pa_error"]
+    assert not row["excluded"]
+    assert (decision.stage, decision.decision, decision.reason) == ("ai_image", "keep", "detector_error")
+    assert decision.details == {"c2pa_error": row["c2pa_error"]}
+
+
+def test_c2pa_reader_error_on_an_unsupported_container_is_recorded():
+    row, decision = run(encode(photo(), "BMP"))
+    assert row["c2pa_present"] is None and "unsupported" in row["c2pa_error"]
+    assert decision.reason == "detector_error" and "c2pa_error" in decision.details
+
+
+def test_a_crashed_watermark_decoder_is_an_error_and_rides_on_a_drop(monkeypatch):
+    import curation.exclusion as exclusion
+
+    def crash(rgb):
+        raise MemoryError("decoder out of memory")
+
+    monkeypatch.setattr(exclusion, "sdxl_watermark", crash)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111)
+    row, decision = run(encode(photo(), "PNG", pnginfo=info))
+    assert row["watermark_bit_accuracy"] is None and "MemoryError" in row["watermark_error"]
+    assert decision.decision == "drop" and decision.reason == "ai_generated_metadata"
+    assert decision.details["watermark_error"] == row["watermark_error"]
+
+
+def test_watermark_decoder_that_cannot_run_says_why():
+    row, decision = run(encode(photo().resize((240, 200)), "PNG"))  # below the transform's 256 x 256 pixels
+    assert row["watermark_bit_accuracy"] is None and "too small for the watermark transform" in row["watermark_error"]
+    assert decision is not None and decision.details["watermark_error"] == row["watermark_error"]
+
+
+def test_clean_photo_has_no_detector_error():
+    row, decision = run(PHOTO.read_bytes())
+    assert decision is None and row["c2pa_error"] is None and row["watermark_error"] is None
+    assert row["stealth_error"] is None

@@ -22,6 +22,11 @@ def test_clean_photo_has_no_artifact_and_is_eligible_where_large_enough():
     assert q["eligible_256"] and q["eligible_512"] and q["eligible_1024"]
     small = quality_signals(photo((400, 266)))
     assert small["eligible_256"] and not small["eligible_512"] and not small["eligible_1024"]
+    # the refusal says why, with the measure and the bound: sqrt(400 x 266) = 326.2 < 0.75 x 512
+    assert small["refusal_256"] is None
+    refusal = small["refusal_512"]
+    assert refusal["reason"] == "too_small_for_stage" and refusal["score"] == 326.2 and refusal["threshold"] == 384
+    assert refusal["details"]["short_side"] == 266 and small["refusal_1024"]["threshold"] == 768
 
 
 def test_letterbox_bars_are_a_border_artifact():
@@ -62,6 +67,9 @@ def test_dense_fine_detail_is_too_complex_for_256_only():
     q = quality_signals(noise, QualityConfig())
     assert q["detail_loss_256"] > QualityConfig().max_detail_loss
     assert not q["eligible_256"] and q["eligible_1024"]
+    refusal = q["refusal_256"]
+    assert refusal["reason"] == "detail_lost_at_stage" and refusal["threshold"] == QualityConfig().max_detail_loss
+    assert refusal["score"] == round(q["detail_loss_256"], 4) and q["refusal_1024"] is None
 
 
 def test_text_on_a_plain_background_is_not_a_border():
@@ -105,6 +113,9 @@ def test_dense_small_text_is_too_complex_for_256_but_not_for_512():
     q = quality_signals(receipt, QualityConfig(), lines)
     assert q["small_text_256"] > QualityConfig().max_small_text
     assert not q["eligible_256"] and q["eligible_512"] and q["eligible_1024"]
+    refusal = q["refusal_256"]
+    assert refusal["reason"] == "text_illegible_at_stage" and refusal["score"] == round(q["small_text_256"], 4)
+    assert refusal["threshold"] == QualityConfig().max_small_text
 
 
 def test_large_text_and_photos_stay_eligible_at_256():
@@ -117,3 +128,19 @@ def test_large_text_and_photos_stay_eligible_at_256():
     for img in (poster, photo()):
         q = quality_signals(img, QualityConfig(), text_lines(img))
         assert q["eligible_256"] and q["small_text_256"] <= 0.005
+
+
+def test_stage_refusal_orders_reasons_and_lists_every_failed_check():
+    from curation.quality import stage_refusal
+
+    config = QualityConfig()
+    assert stage_refusal(2000, 1500, 0.1, 0.0, 256, config) is None
+    both = stage_refusal(300, 200, 0.9, 0.2, 512, config)  # too small, illegible text and lost detail at once
+    assert both["reason"] == "too_small_for_stage"
+    assert [f["reason"] for f in both["details"]["failed"]] == ["too_small_for_stage", "text_illegible_at_stage",
+                                                                "detail_lost_at_stage"]
+    text_and_detail = stage_refusal(2000, 1500, 0.9, 0.2, 256, config)
+    assert text_and_detail["reason"] == "text_illegible_at_stage" and text_and_detail["score"] == 0.2
+    # the largest stage takes any complexity, but not a small image
+    assert stage_refusal(2000, 1500, 0.9, 0.2, 1024, config) is None
+    assert stage_refusal(700, 700, 0.0, None, 1024, config)["reason"] == "too_small_for_stage"

@@ -37,3 +37,18 @@ def test_fit_and_prepare():
     assert Image.open(io.BytesIO(row["image"])).size == (row["width"], row["height"])
     small, reason, details = prepare(buf.getvalue(), ShardConfig(size=1024), aspect_buckets(1024, 64))
     assert small is None and reason == "too_small_for_stage" and details["scale"] > 1.34
+
+
+def test_ineligible_decision_carries_the_measure_and_the_bound():
+    import json
+
+    from curation.quality import stage_refusal
+    from curation.shards import ineligible_decision
+
+    refusal = json.dumps(stage_refusal(640, 480, 0.0, None, 1024))
+    d = ineligible_decision("a" * 64, "file:///x.jpg", "1024px", refusal)
+    assert (d.stage, d.decision, d.reason) == ("shard", "drop", "too_small_for_stage")
+    assert d.score == 554.3 and d.threshold == 768.0
+    assert d.details["stage"] == "1024px" and d.details["short_side"] == 480 and d.details["width"] == 640
+    old = ineligible_decision("a" * 64, "file:///x.jpg", "1024px", None)  # signals written before refusals existed
+    assert old.reason == "ineligible_for_stage" and old.score is None

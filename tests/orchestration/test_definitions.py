@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from curation.ingest import INGEST_CODE_VERSION
 from orchestration.definitions import defs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +21,7 @@ def test_definitions_load_with_every_piece():
     assert defs.resolve_sensor_def("source_drop_sensor") is not None
     assert defs.resolve_schedule_def("recuration_schedule").cron_schedule == "0 3 * * 1"
     node = graph.get(dg.AssetKey("source_images"))
-    assert node.code_version == "ingest-1"
+    assert node.code_version == INGEST_CODE_VERSION
     assert any(c.name == "accounting" for c in defs.resolve_asset_graph().asset_check_keys
                if c.asset_key == dg.AssetKey("source_images"))
 
