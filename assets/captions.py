@@ -22,7 +22,7 @@ from orchestration.sample_parts import current_rows, plan_sample_parts, read_ima
 from orchestration.storage import SUCCESS_MARKER
 
 ASSET = "captions"
-CAPTIONS_CODE_VERSION = "captions-1"
+CAPTIONS_CODE_VERSION = "captions-2"
 
 CAPTIONS_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),
@@ -57,6 +57,7 @@ class CaptionsConfig(dg.Config):
     min_ocr_score: float = Field(default=CaptionerConfig.min_ocr_score,
                                  description="OCR lines below this confidence are neither used nor required.")
     fallback_to_grounded: bool = Field(default=False, description="Use the grounded caption when a VLM fails.")
+    credit_in_caption: bool = Field(default=False, description="Credit the creator in the caption.")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
     rows_per_part: int = Field(default=64, description="Images per part (one actor task).")
     num_cpus_per_actor: float = Field(default=1.0, description="CPUs per captioning actor.")
@@ -69,7 +70,7 @@ class CaptionsConfig(dg.Config):
             model=self.model, api_key_env=self.api_key_env, max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size, concurrency=self.concurrency, timeout_s=self.timeout_s,
             max_retries=self.max_retries, min_ocr_score=self.min_ocr_score,
-            fallback_to_grounded=self.fallback_to_grounded,
+            fallback_to_grounded=self.fallback_to_grounded, credit_in_caption=self.credit_in_caption,
             device=models.device_for(self.device, self.num_gpus_per_actor))
 
 
@@ -78,8 +79,7 @@ def _hash(obj) -> str:
 
 
 def _entities(inputs: dict) -> list[str]:
-    meta = inputs.get("metadata") or {}
-    return [str(meta[k]) for k in ("title", "place", "creator") if isinstance(meta.get(k), str) and meta[k]]
+    return [str(e) for e in inputs.get("entities") or []]  # the names the caption holds (captioning.prose)
 
 
 def caption_part(stage: ModelStage, task: tuple) -> dict:
