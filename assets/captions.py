@@ -12,6 +12,7 @@ from pydantic import Field
 from assets.ocr_annotations import ASSET as OCR
 from assets.ocr_annotations import curated_refs, group_by_source, ocr_annotations
 from captioning.captioner import CaptionerConfig, CaptionInput, load_captioner
+from captioning.checks import check_caption_rows
 from captioning.grounding import missing_ocr_lines
 from curation.decisions import Decision, StageCounts, decisions_table
 from curation.image_io import load_rgb
@@ -181,7 +182,8 @@ def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage:
         reasons[r["failure"] or "caption_empty"] = reasons.get(r["failure"] or "caption_empty", 0) + 1
     store.write_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}", {"config_hash": chash, "run_id": context.run.run_id,
                                                              "code_version": CAPTIONS_CODE_VERSION,
-                                                             "rows": rows.num_rows})
+                                                             "rows": rows.num_rows,
+                                                             "credit_in_caption": config.credit_in_caption})
     examples = "\n".join(f"- `{r['sample_id'][:12]}` ({r['backend']}): {r['caption'][:300]}"
                          for r in records[:5] if r["caption"])
     metadata = {"total": len(wanted), "kept": len(records) - len(failed), "dropped": len(failed),
@@ -200,3 +202,15 @@ def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage:
                             metadata={"missing": len(no_provenance)}),
     ]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+@dg.asset_check(asset=captions, description="captions are prose: no field labels, file stems, class labels, "
+                "placeholders or credits; visible text quoted verbatim and names kept")
+def caption_text(storage: StorageResource) -> dg.AssetCheckResult:
+    """Thin wrapper: the rules are `captioning.checks.caption_problems`."""
+    store = storage.store()
+    marker = store.read_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}") or {}
+    wanted, _ = curated_refs(store)
+    rows = current_rows(store, ASSET, wanted, ["sample_id", "caption", "quoted", "entities"]).to_pylist()
+    passed, meta = check_caption_rows(rows, credit_allowed=bool(marker.get("credit_in_caption")))
+    return dg.AssetCheckResult(passed=passed, metadata=meta)

@@ -150,7 +150,7 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
         elif not eligible.get(r["source_uri"], True):
             gate.append(Decision(r["sample_id"], r["source_uri"], "shard", "drop", "too_complex_for_stage",
                                  details={"stage": stage}))
-        elif variant is None or not variant.get("long"):
+        elif variant is None or not (variant.get("long") or variant.get("medium")):  # no distinct long: medium
             gate.append(Decision(r["sample_id"], r["source_uri"], "shard", "drop", "no_caption",
                                  details={"stage": stage}))
         else:
