@@ -12,13 +12,14 @@ from pydantic import Field
 
 from assets.captions import ASSET as CAPTIONS
 from assets.captions import captions
-from assets.ocr_annotations import curated_refs
+from assets.ocr_annotations import curated_refs, group_by_source
 from captioning.checks import check_variant_rows
+from captioning.report import variants_table_markdown
 from captioning.variants import VARIANT_KINDS, VariantConfig, check_variant, expansion_pairs, rewrite_batch
 from curation.stage import ModelStage, StageResources
 from orchestration.ray_adapter import Throughput, run_units_on_actors
 from orchestration.resources import ModelSettings, StorageResource
-from orchestration.sample_parts import current_rows, plan_sample_parts
+from orchestration.sample_parts import current_rows, plan_sample_parts, read_images
 from orchestration.storage import SUCCESS_MARKER
 
 ASSET = "prompt_variants"
@@ -169,14 +170,18 @@ def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsCon
         "bounds": {"short_max_words": variant_config.short_max_words,
                    "medium_target_words": variant_config.medium_target_words}})
     words = {k: round(sum(len(r[k].split()) for r in records) / max(1, len(records)), 1) for k in VARIANT_KINDS}
-    example = records[0] if records else None
-    table = "\n".join(f"| {k} | {example[k][:200]} |" for k in VARIANT_KINDS) if example else ""
+    shown = records[:12]
+    wanted_source = curated_refs(store)[1]
+    images = {r["sample_id"]: r["image"] for r in read_images(store, group_by_source(
+        [r["sample_id"] for r in shown], wanted_source), columns=("sample_id", "image")).to_pylist()}
+    table = variants_table_markdown(shown, images)
     metadata = {"total": len(captioned), "kept": rows.num_rows, "dropped": 0, "computed_now": computed,
                 "reused": len(done & set(captioned)), "parts_retired": retired, "llm_fallbacks": fallbacks,
                 "variants_per_second": round(rate, 2), "backend": variant_config.backend,
                 **{f"mean_words_{k}": v for k, v in words.items()},
                 "length_distribution": dg.MetadataValue.json(variant_config.length_distribution),
-                "example": dg.MetadataValue.md(f"| variant | text |\n| --- | --- |\n{table}" if table else "-"),
+                "examples": dg.MetadataValue.md(table or "-"),
+                "long_not_distinct": sum(not r["long_is_distinct"] for r in records),
                 "dagster/row_count": rows.num_rows, "path": dg.MetadataValue.path(store.uri(store.dir(ASSET)))}
     checks = [
         dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(captioned),
