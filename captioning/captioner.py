@@ -414,7 +414,8 @@ def extract_caption_metadata(metadata: dict[str, Any] | None, source_uri: str | 
     first("alt_text", side("alt", "alt_text", "alttext", "alt-text")
           + [("xmp.Iptc4xmpCore:AltTextAccessibility", xmp.get("alt_text"))])
 
-    caption_candidates = side("caption") + side("txt") + side("description", "desc") + side("text") + [
+    caption_candidates = side("caption", "caption_from_source") + side("txt") + side("description", "desc") + side(
+        "text") + [
         ("iptc.Caption-Abstract", iptc.get("Caption-Abstract")), ("xmp.dc:description", xmp.get("description")),
         ("exif.ImageDescription", exif.get("ImageDescription")), ("exif.XPComment", exif.get("XPComment")),
         ("exif.XPSubject", exif.get("XPSubject"))] + png("description")  # JPEG/PNG comments: encoder signatures
