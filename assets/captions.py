@@ -12,6 +12,7 @@ from pydantic import Field
 from assets.ocr_annotations import ASSET as OCR
 from assets.ocr_annotations import ocr_annotations
 from captioning.captioner import CaptionerConfig, CaptionInput, load_captioner
+from captioning.checks import check_caption_rows
 from captioning.grounding import missing_ocr_lines
 from curation.decisions import Decision, StageCounts
 from curation.image_io import load_rgb
@@ -31,7 +32,7 @@ from orchestration.stage_runner import config_hash as stage_hash
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "captions"
-CAPTIONS_CODE_VERSION = "captions-1"
+CAPTIONS_CODE_VERSION = "captions-2"
 
 CAPTIONS_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),
@@ -66,6 +67,7 @@ class CaptionsConfig(dg.Config):
     min_ocr_score: float = Field(default=CaptionerConfig.min_ocr_score,
                                  description="OCR lines below this confidence are neither used nor required.")
     fallback_to_grounded: bool = Field(default=False, description="Use the grounded caption when a VLM fails.")
+    credit_in_caption: bool = Field(default=False, description="Credit the creator in the caption.")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
     rows_per_part: int = Field(default=64, description="Images per part (one actor task).")
     num_cpus_per_actor: float = Field(default=1.0, description="CPUs per captioning actor.")
@@ -78,13 +80,12 @@ class CaptionsConfig(dg.Config):
             model=self.model, api_key_env=self.api_key_env, max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size, concurrency=self.concurrency, timeout_s=self.timeout_s,
             max_retries=self.max_retries, min_ocr_score=self.min_ocr_score,
-            fallback_to_grounded=self.fallback_to_grounded,
+            fallback_to_grounded=self.fallback_to_grounded, credit_in_caption=self.credit_in_caption,
             device=models.device_for(self.device, self.num_gpus_per_actor))
 
 
 def _entities(inputs: dict) -> list[str]:
-    meta = inputs.get("metadata") or {}
-    return [str(meta[k]) for k in ("title", "place", "creator") if isinstance(meta.get(k), str) and meta[k]]
+    return [str(e) for e in inputs.get("entities") or []]  # the names the caption holds (captioning.prose)
 
 
 def _failed_row(sid: str, uri: str, backend: str, failure: str, detail: str) -> dict:
@@ -193,7 +194,8 @@ def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage:
         reasons[r["failure"] or "caption_empty"] = reasons.get(r["failure"] or "caption_empty", 0) + 1
     store.write_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}", {"config_hash": chash, "run_id": context.run.run_id,
                                                              "code_version": CAPTIONS_CODE_VERSION,
-                                                             "rows": rows.num_rows})
+                                                             "rows": rows.num_rows,
+                                                             "credit_in_caption": config.credit_in_caption})
     examples = "\n".join(f"- `{r['sample_id'][:12]}` ({r['backend']}): {r['caption'][:300]}"
                          for r in records[:5] if r["caption"])
     metadata = {**report.metadata(store), "total": len(wanted), "kept": len(records) - len(failed),
@@ -211,3 +213,15 @@ def captions(context: dg.AssetExecutionContext, config: CaptionsConfig, storage:
                             metadata={"missing": len(no_provenance)}),
     ]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+@dg.asset_check(asset=captions, description="captions are prose: no field labels, file stems, class labels, "
+                "placeholders or credits; visible text quoted verbatim and names kept")
+def caption_text(storage: StorageResource) -> dg.AssetCheckResult:
+    """Thin wrapper: the rules are `captioning.checks.caption_problems`."""
+    store = storage.store()
+    marker = store.read_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}") or {}
+    wanted = curated_samples(store).ids
+    rows = current_rows(store, ASSET, wanted, ["sample_id", "caption", "quoted", "entities"]).to_pylist()
+    passed, meta = check_caption_rows(rows, credit_allowed=bool(marker.get("credit_in_caption")))
+    return dg.AssetCheckResult(passed=passed, metadata=meta)

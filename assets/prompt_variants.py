@@ -12,18 +12,27 @@ from pydantic import Field
 
 from assets.captions import ASSET as CAPTIONS
 from assets.captions import captions
+from captioning.checks import check_variant_rows
+from captioning.report import variants_table_markdown
 from captioning.variants import VARIANT_KINDS, VariantConfig, check_variant, expansion_pairs, rewrite_batch
 from curation.decisions import Decision, StageCounts
 from curation.stage import StageResources
 from orchestration.reads import ReadStats, read_located
 from orchestration.resources import ModelSettings, StorageResource
-from orchestration.sample_parts import asset_locator, curated_samples, current_rows, plan_sample_parts, sample_units
+from orchestration.sample_parts import (
+    asset_locator,
+    curated_samples,
+    current_rows,
+    plan_sample_parts,
+    read_source_rows,
+    sample_units,
+)
 from orchestration.stage_runner import PartStage, UnitOutput, run_stage, setup_model
 from orchestration.stage_runner import config_hash as stage_hash
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "prompt_variants"
-VARIANTS_CODE_VERSION = "variants-2"
+VARIANTS_CODE_VERSION = "variants-3"
 
 VARIANTS_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),
@@ -32,6 +41,8 @@ VARIANTS_SCHEMA = pa.schema([
     pa.field("model", pa.string(), nullable=False),
     pa.field("prompt_version", pa.string(), nullable=False),
     pa.field("fallback_reason", pa.string()),
+    pa.field("long_is_distinct", pa.bool_(), nullable=False),  # False: `long` is '' rather than a copy of medium
+    pa.field("long_note", pa.string()),
     pa.field("caption_backend", pa.string(), nullable=False),
     pa.field("quoted", pa.list_(pa.string()), nullable=False),
     pa.field("entities", pa.list_(pa.string()), nullable=False),
@@ -114,6 +125,7 @@ def variants_process(rewriter: Rewriter, store: TableStore, payload: tuple) -> U
     results = rewrite_batch(items, rewriter.config, rewriter.generator) if items else []
     out = [{"sample_id": r["sample_id"], **{k: getattr(v, k) for k in VARIANT_KINDS}, "backend": v.backend,
             "model": v.model, "prompt_version": v.prompt_version, "fallback_reason": v.fallback_reason,
+            "long_is_distinct": v.long_is_distinct, "long_note": v.long_note,
             "caption_backend": r["backend"], "quoted": r["quoted"], "entities": r["entities"]}
            for r, v in zip(rows, results, strict=True)]
     return UnitOutput(pa.Table.from_pylist(out, schema=VARIANTS_SCHEMA), decisions, counts, stats.bytes)
@@ -159,21 +171,30 @@ def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsCon
     for r in records:
         fallbacks += r["fallback_reason"] is not None
         for kind in VARIANT_KINDS:
-            problems = check_variant(kind, r[kind], r["quoted"], r["entities"], variant_config, caption=r["long"])
+            if kind == "long" and not r["long_is_distinct"]:
+                continue  # no copy of medium was written; `variant_quality` checks the flag
+            problems = check_variant(kind, r[kind], r["quoted"], r["entities"], variant_config,
+                                     caption=r["long"] or r["medium"])
             (kept_problems if any("quote" in p or "entit" in p for p in problems) else bound_problems).extend(
                 f"{r['sample_id'][:12]} {kind}: {p}" for p in problems)
     store.write_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}", {
         "config_hash": chash, "code_version": VARIANTS_CODE_VERSION, "run_id": context.run.run_id,
-        "rows": rows.num_rows, "length_distribution": variant_config.length_distribution})
+        "rows": rows.num_rows, "length_distribution": variant_config.length_distribution,
+        "bounds": {"short_max_words": variant_config.short_max_words,
+                   "medium_target_words": variant_config.medium_target_words}})
     words = {k: round(sum(len(r[k].split()) for r in records) / max(1, len(records)), 1) for k in VARIANT_KINDS}
-    example = records[0] if records else None
-    table = "\n".join(f"| {k} | {example[k][:200]} |" for k in VARIANT_KINDS) if example else ""
+    shown = records[:12]
+    images = {sid: r["image"] for sid, r in read_source_rows(
+        store, {r["sample_id"]: curated.source[r["sample_id"]] for r in shown if r["sample_id"] in curated.source},
+        ["image"]).items()}
+    table = variants_table_markdown(shown, images)
     metadata = {**report.metadata(store), "total": len(captioned), "kept": rows.num_rows,
                 "dropped": len(captioned) - rows.num_rows, "reused": len(done & set(captioned)),
                 "parts_retired": retired, "llm_fallbacks": fallbacks, "backend": variant_config.backend,
                 **{f"mean_words_{k}": v for k, v in words.items()},
                 "length_distribution": dg.MetadataValue.json(variant_config.length_distribution),
-                "example": dg.MetadataValue.md(f"| variant | text |\n| --- | --- |\n{table}" if table else "-"),
+                "examples": dg.MetadataValue.md(table or "-"),
+                "long_not_distinct": sum(not r["long_is_distinct"] for r in records),
                 "dagster/row_count": rows.num_rows}
     checks = [
         dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(captioned)
@@ -200,7 +221,7 @@ def prompt_expansion_pairs(context: dg.AssetExecutionContext, storage: StorageRe
     """(short -> long) pairs of every curated caption: the training data of a prompt expander."""
     store = storage.store()
     wanted = curated_samples(store).ids
-    rows = current_rows(store, ASSET, wanted, ["sample_id", "short", "long"]).to_pylist()
+    rows = current_rows(store, ASSET, wanted, ["sample_id", "short", "medium", "long"]).to_pylist()
     pairs = expansion_pairs(rows)
     table = pa.Table.from_pylist(pairs, schema=pa.schema([("short", pa.string()), ("long", pa.string()),
                                                           ("sample_id", pa.string())]))
@@ -214,3 +235,15 @@ def prompt_expansion_pairs(context: dg.AssetExecutionContext, storage: StorageRe
                   "examples": dg.MetadataValue.md(f"```\n{jsonl}\n```" if jsonl else "-"),
                   "path": dg.MetadataValue.path(store.uri(directory))},
         check_results=[dg.AssetCheckResult(check_name="pairs_differ", passed=same == 0, metadata={"same": same})])
+
+
+@dg.asset_check(asset=prompt_variants, description="no field labels or file stems, no identical variants (caption "
+                "with >= 3 facts), lengths in bounds, quoted text and entities kept, tags are not sentences")
+def variant_quality(storage: StorageResource) -> dg.AssetCheckResult:
+    """Thin wrapper: the rules are `captioning.checks.variant_problems`."""
+    store = storage.store()
+    marker = store.read_json(f"{store.dir(ASSET)}/{SUCCESS_MARKER}") or {}
+    wanted = curated_samples(store).ids
+    passed, meta = check_variant_rows(current_rows(store, ASSET, wanted).to_pylist(),
+                                      VariantConfig(**marker.get("bounds", {})))
+    return dg.AssetCheckResult(passed=passed, metadata=meta)

@@ -167,7 +167,7 @@ def _build(context, shard_config: ShardConfig, store: TableStore, stage: str) ->
             gate.append(opt_out_decision(r["sample_id"], r["source_uri"], request))
         elif not eligible.get(r["source_uri"], (True, None))[0]:
             gate.append(ineligible_decision(r["sample_id"], r["source_uri"], stage, eligible[r["source_uri"]][1]))
-        elif variant is None or not variant.get("long"):
+        elif variant is None or not (variant.get("long") or variant.get("medium")):  # no distinct long: medium
             gate.append(Decision(r["sample_id"], r["source_uri"], "shard", "drop", "no_caption",
                                  details={"stage": stage}))
         else:

@@ -33,15 +33,15 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageOps
 
-from captioning import grounding
+from captioning import grounding, prose
 from captioning.grounding import CaptionIssue
-from captioning.visual_facts import VisualFacts, visual_facts
+from captioning.visual_facts import visual_facts
 
 log = logging.getLogger(__name__)
 
-PROMPT_VERSION = "vlm-caption-v1"
+PROMPT_VERSION = "vlm-caption-v2"
 """Version of the VLM prompt (`SYSTEM_PROMPT`, `INSTRUCTIONS`, `build_prompt`); change it when they change."""
-GROUNDED_VERSION = "grounded-caption-v1"
+GROUNDED_VERSION = "grounded-caption-v2"
 """Version of the grounded composition (recorded as `prompt_version` of grounded captions)."""
 GROUNDED_MODEL = "atelier-grounded"
 """`model` recorded for grounded captions (there are no weights)."""
@@ -55,7 +55,9 @@ and its main subject, then the setting, composition, lighting, colours and style
 you recognise with confidence. Do not guess names; describe what you cannot identify.
 - Quote every piece of visible text exactly as written, in double quotes, keeping its spelling, capitalisation \
 and punctuation.
-- No lists, headings or preamble such as "The image shows"; no speculation about intent."""
+- No lists, headings, field labels (such as "Title:") or preamble such as "The image shows"; no speculation \
+about intent.
+- Do not mention file names, photographers, credits, licences, sources or URLs: they are not visible content."""
 CONTEXT_HEADER = "Context about this image (it may be incomplete or wrong; use it only where the image agrees):"
 
 MAX_DESCRIPTION_CHARS = 600
@@ -122,6 +124,8 @@ class CaptionerConfig:
     """VLM backends: the image is downscaled so its longer side is at most this."""
     seed: int = 0
     """Seed of retry sampling (the retry of attempt k uses seed + k)."""
+    credit_in_caption: bool = False
+    """Credit the creator in the caption ('Photograph by Jane Doe.'); by default credits stay in the metadata."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -202,8 +206,6 @@ _XMP_NS = {
     "exif": "http://ns.adobe.com/exif/1.0/",
     "xmp": "http://ns.adobe.com/xap/1.0/",
 }
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")
 
 
 def _clean(value: Any, limit: int = MAX_DESCRIPTION_CHARS) -> str | None:
@@ -412,7 +414,8 @@ def extract_caption_metadata(metadata: dict[str, Any] | None, source_uri: str | 
     first("alt_text", side("alt", "alt_text", "alttext", "alt-text")
           + [("xmp.Iptc4xmpCore:AltTextAccessibility", xmp.get("alt_text"))])
 
-    caption_candidates = side("caption") + side("txt") + side("description", "desc") + side("text") + [
+    caption_candidates = side("caption", "caption_from_source") + side("txt") + side("description", "desc") + side(
+        "text") + [
         ("iptc.Caption-Abstract", iptc.get("Caption-Abstract")), ("xmp.dc:description", xmp.get("description")),
         ("exif.ImageDescription", exif.get("ImageDescription")), ("exif.XPComment", exif.get("XPComment")),
         ("exif.XPSubject", exif.get("XPSubject"))] + png("description")  # JPEG/PNG comments: encoder signatures
@@ -529,92 +532,8 @@ def _is_web_url(value: str | None) -> bool:
     return bool(value) and re.match(r"^https?://", value or "", re.IGNORECASE) is not None
 
 
-def _human_date(iso: str) -> str:
-    parts = iso.split("-")
-    if len(parts) == 3:
-        return f"on {int(parts[2])} {_MONTHS[int(parts[1]) - 1]} {parts[0]}"
-    if len(parts) == 2:
-        return f"in {_MONTHS[int(parts[1]) - 1]} {parts[0]}"
-    return f"in {parts[0]}"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Step 3a: the grounded caption
-
-
-def _join_words(words: Sequence[str]) -> str:
-    if len(words) <= 2:
-        return " and ".join(words)
-    return ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def _drop_final_period(text: str) -> str:
-    """Metadata text ready to be put in double quotes: no final period, inner double quotes made single."""
-    text = text.replace('"', "'")
-    return text[:-1] if text.endswith(".") and not text.endswith("...") else text
-
-
-def visual_sentence(facts: VisualFacts, photograph: bool) -> str:
-    """'A dark landscape colour photograph, mostly dark green and brown.' from measured facts only."""
-    words = [w for w in (facts.brightness_label, facts.orientation) if w]
-    words.append("black-and-white" if facts.greyscale else "colour")
-    words.append("photograph" if photograph else "image")
-    sentence = " ".join(words)
-    article = "An" if sentence[0].lower() in "aeiou" else "A"
-    colours = [name for name, _ in facts.colours]
-    clause = f", mostly {_join_words(colours)}" if colours else ""
-    return f"{article} {sentence}{clause}."
-
-
-def compose_grounded_caption(facts: VisualFacts, meta: dict[str, Any], ocr_lines: Sequence[str]
-                             ) -> tuple[str, list[str]]:
-    """Compose the grounded caption: visual facts, title, descriptions, visible text, tags, when/where, credit.
-
-    Args:
-        facts: from `visual_facts`.
-        meta: from `extract_caption_metadata`.
-        ocr_lines: the confident OCR lines (quoted verbatim).
-
-    Returns:
-        (caption, used): the caption and the `meta` keys it used.
-    """
-    used: list[str] = []
-    photograph = meta.get("camera") is not None
-    sentences = [visual_sentence(facts, photograph)]
-    if meta.get("title"):
-        sentences.append(f'Title: "{_drop_final_period(meta["title"])}".')
-        used.append("title")
-    if meta.get("alt_text"):
-        sentences.append(f'Alt text: "{_drop_final_period(meta["alt_text"])}".')
-        used.append("alt_text")
-    for i, caption in enumerate(meta.get("captions", [])):
-        label = "Description" if i == 0 else "Also described as"
-        sentences.append(f'{label}: "{_drop_final_period(caption)}".')
-        if "captions" not in used:
-            used.append("captions")
-    if ocr_lines:
-        sentences.append(grounding.ocr_sentence(ocr_lines))
-    if meta.get("tags"):
-        sentences.append(f"Tagged {_join_words(meta['tags'])}.")
-        used.append("tags")
-    when_where: list[str] = []
-    if meta.get("place"):
-        # 'in Paris, France, on 1 May 2020' but 'in Paris on 1 May 2020'
-        when_where.append(f"in {meta['place']}" + ("," if "," in meta["place"] else ""))
-        used.append("place")
-    if meta.get("date"):
-        when_where.append(_human_date(meta["date"]))
-        used.append("date")
-    if meta.get("camera"):
-        article = "an" if meta["camera"][0].lower() in "aeiou" else "a"
-        when_where.append(f"with {article} {meta['camera']}")
-        used.append("camera")
-    if when_where:
-        sentences.append(f"{'Taken' if photograph else 'Made'} {' '.join(when_where).rstrip(',')}.")
-    if meta.get("creator") and "://" not in meta["creator"]:  # a bare profile URL says nothing in a caption
-        sentences.append(f"Credit: {_drop_final_period(meta['creator'])}.")
-        used.append("creator")
-    return " ".join(sentences), used
 
 
 def _ocr_inputs(inp: CaptionInput, config: CaptionerConfig) -> tuple[list[str], dict[str, Any]]:
@@ -652,11 +571,14 @@ class GroundedCaptioner:
         lines, inputs = _ocr_inputs(inp, self.config)
         meta = extract_caption_metadata(inp.metadata, inp.source_uri)
         facts = visual_facts(inp.image)
-        caption, used = compose_grounded_caption(facts, meta, lines)
-        inputs["metadata_fields"] = _field_list(meta, used)
-        inputs["metadata"] = {key: meta[key] for key in used}
+        composed = prose.compose_grounded_caption(facts, meta, lines, inp.source_uri, self.config.credit_in_caption)
+        inputs["metadata_fields"] = _field_list(meta, composed.used)
+        inputs["metadata"] = {key: meta[key] for key in composed.used}
         inputs["visual_facts"] = facts.to_dict()
-        return CaptionResult(inp.sample_id, caption, "grounded", GROUNDED_MODEL, GROUNDED_VERSION, inputs, 1)
+        inputs["entities"] = composed.entities
+        inputs["facts"] = composed.facts
+        return CaptionResult(inp.sample_id, composed.caption, "grounded", GROUNDED_MODEL, GROUNDED_VERSION, inputs,
+                             1)
 
     def caption_batch(self, inputs: Sequence[CaptionInput]) -> list[CaptionResult]:
         """Caption every input; an image that cannot be read becomes a `caption_backend_error` result."""
@@ -675,12 +597,13 @@ class GroundedCaptioner:
 # Step 3b: VLM captions (shared retry and grounding logic)
 
 
-def build_prompt(meta: dict[str, Any], ocr_lines: Sequence[str]) -> tuple[str, list[str]]:
+def build_prompt(meta: dict[str, Any], ocr_lines: Sequence[str], credit: bool = False) -> tuple[str, list[str]]:
     """The user prompt of a VLM caption: instructions, then the OCR text and metadata as context.
 
     Args:
         meta: from `extract_caption_metadata`.
         ocr_lines: the confident OCR lines.
+        credit: give the creator too (only when captions may credit them: `credit_in_caption`).
 
     Returns:
         (prompt, used): the prompt text and the `meta` keys it included.
@@ -694,7 +617,7 @@ def build_prompt(meta: dict[str, Any], ocr_lines: Sequence[str]) -> tuple[str, l
               ("camera", "Camera"), ("creator", "Credit"), ("source", "Source"))
     for key, label in labels:
         value = meta.get(key)
-        if not value or (key == "source" and not _is_web_url(value)):
+        if not value or (key == "source" and not _is_web_url(value)) or (key == "creator" and not credit):
             continue
         if key == "captions":
             for caption in value:
@@ -750,7 +673,7 @@ class _VLMCaptioner:
     def _prepare(self, inp: CaptionInput) -> _Prepared:
         lines, inputs = _ocr_inputs(inp, self.config)
         meta = extract_caption_metadata(inp.metadata, inp.source_uri)
-        prompt, used = build_prompt(meta, lines)
+        prompt, used = build_prompt(meta, lines, self.config.credit_in_caption)
         inputs["metadata_fields"] = _field_list(meta, used)
         inputs["metadata"] = {key: meta[key] for key in used}
         image = inp.image
@@ -800,8 +723,14 @@ class _VLMCaptioner:
                                             CaptionIssue(grounding.CAPTION_BACKEND_ERROR, gen.error))
                     continue
                 issue = grounding.check_caption(gen.text, item.ocr_lines, gen.finish_reason, require_ocr)
+                cleaned = ""
+                if issue is None:  # checked raw (a cut-off caption must not be hidden by the clean-up), then cleaned
+                    cleaned = prose.clean_vlm_caption(gen.text, item.ocr_lines, self.config.credit_in_caption)
+                    if not cleaned:
+                        issue = CaptionIssue(grounding.CAPTION_EMPTY,
+                                             "nothing left after removing labels, credits and boilerplate")
                 if issue is None:
-                    results[i] = self._succeed(item, gen.text, attempt)
+                    results[i] = self._succeed(item, cleaned, attempt)
                 elif attempt < self.config.max_caption_attempts:
                     log.info("caption of %s rejected (%s: %s); retrying", item.inp.sample_id, issue.reason,
                              issue.detail)
@@ -820,6 +749,8 @@ class _VLMCaptioner:
         if missing:  # missing_ocr == 'append' (with 'retry' the check already failed the caption)
             caption = grounding.append_missing_ocr(caption, missing)
             inputs["ocr_appended"] = missing
+        inputs["entities"] = prose.metadata_entities(caption, inputs.get("metadata") or {},
+                                                     self.config.credit_in_caption)
         return CaptionResult(item.inp.sample_id, caption, self.backend, self.model_name, PROMPT_VERSION, inputs,
                              attempt)
 

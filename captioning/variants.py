@@ -1,13 +1,16 @@
 """Prompt-length variants of a caption: `tags`, `short`, `medium` and `long`, plus (short -> long) expansion pairs.
 
 Krea 2 trains on captions "rewritten into several prompt lengths" so the model follows a three-word prompt as well as
-a paragraph. Every caption becomes four variants:
+a paragraph. Every caption becomes four variants that differ:
 
 - `long`: the full caption (whitespace normalised). If a required quoted line or key entity is missing from the
   caption, it is appended at the end (`... "OPEN", Paris.`) so that every variant can keep it.
-- `medium`: about `medium_target_words` words (bounds `medium_target_words +- medium_tolerance`).
-- `short`: at most `short_max_words` words.
-- `tags`: a comma-separated lowercase tag list; quoted text is one tag, kept verbatim inside double quotes.
+- `medium`: about `medium_target_words` words (bounds `medium_target_words +- medium_tolerance`). When the whole
+  caption fits and states at least `MIN_DISTINCT_FACTS` facts (informative clauses), medium drops the least
+  important one; with fewer facts medium is the whole caption and `long` is left empty with
+  `long_is_distinct=False` and a `long_note` (a copy would only double that caption's weight).
+- `short`: at most `short_max_words` words, and fewer than `medium` when the caption states two facts or more.
+- `tags`: a comma-separated lowercase tag list, no sentences; quoted text is one tag, verbatim in double quotes.
 
 Preservation rules, enforced by `check_variant` for every backend:
 
@@ -18,7 +21,7 @@ Preservation rules, enforced by `check_variant` for every backend:
 - Length bounds yield only to quoted text and entities. `short` may exceed `short_max_words` only by the quoted
   text: its limit is `max(short_max_words, words of the quoted text)`, so a 20-word banner gives a 20-word short
   prompt made of the banner alone. Likewise `medium`'s upper limit is `max(target + tolerance, words of the quoted
-  text and entities)`, its lower limit shrinks to the caption's own length when the caption is shorter, and `tags`
+  text and entities)`, its lower limit shrinks to half the caption's length when that is shorter, and `tags`
   may hold more than `max_tags` tags only to fit every quoted text and entity.
 
 Backends: the deterministic default (sentence split, clause scoring, quote-aware trimming; it only ever reuses words
@@ -46,9 +49,12 @@ VARIANT_KINDS = ("tags", "short", "medium", "long")
 LLM_KINDS = ("tags", "short", "medium")
 """Variants an LLM backend rewrites (`long` is the caption itself)."""
 BACKENDS = ("deterministic", "transformers", "openai")
-DETERMINISTIC_VERSION = "deterministic-v1"
+DETERMINISTIC_VERSION = "deterministic-v2"
 """Recorded as `Variants.prompt_version` for rule-based variants; bump when the rules change."""
 DEFAULT_DISTRIBUTION = {"tags": 0.1, "short": 0.3, "medium": 0.3, "long": 0.3}
+MIN_DISTINCT_FACTS = 3
+"""A caption stating at least this many facts (clauses with content) gets four distinct variants: `medium` drops
+its least important fact when the whole caption would fit in `medium`, `short` holds fewer words than `medium`."""
 
 Generator = Callable[[list[str]], list[str]]
 
@@ -153,6 +159,11 @@ class Variants:
     """LLM prompt version, or `DETERMINISTIC_VERSION` for rule-based variants."""
     fallback_reason: str | None = None
     """Why some LLM variants were replaced by deterministic ones (kind: problems; ...), None if none was."""
+    long_is_distinct: bool = True
+    """False when the caption's facts do not support a long variant distinct from `medium`: `long` is then ''
+    (the loader falls back to `medium`) rather than a copy, and `long_note` says why."""
+    long_note: str | None = None
+    """Why there is no distinct `long` (None when there is one)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -207,6 +218,17 @@ def _norm(text: str) -> str:
 
 def _nwords(text: str) -> int:
     return len(text.split())
+
+
+def same_text(a: str, b: str) -> bool:
+    """Two variants say the same words (case, punctuation and spacing aside): a copy, not a variant."""
+    return _WORD_RE.findall(str(a).casefold()) == _WORD_RE.findall(str(b).casefold())
+
+
+def medium_floor(caption_words: int, config: VariantConfig) -> int:
+    """Fewest words `medium` may have: the nominal lower bound, or half the caption when that is shorter (a short
+    caption's medium drops a fact, it is not padded)."""
+    return max(1, min(config.medium_bounds[0], caption_words // 2))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -367,9 +389,7 @@ def check_variant(
     if kind == "short" and n > limit:
         problems.append(f"short has {n} words, limit {limit}")
     elif kind == "medium":
-        lo = config.medium_bounds[0]
-        if caption is not None:
-            lo = min(lo, _nwords(_norm(caption)))
+        lo = config.medium_bounds[0] if caption is None else medium_floor(_nwords(_norm(caption)), config)
         if n < lo or n > limit:
             problems.append(f"medium has {n} words, bounds {lo}-{limit}")
     elif kind == "tags":
@@ -657,8 +677,8 @@ def _plan(doc: _Doc, mandatory: set[int], target: int, low: int) -> list[int]:
         if room >= min(3, sum(toks[i].words for i in clauses[0].toks)):
             chosen[0] = _fit(doc, clauses[0], set(), room)
 
-    def informative(ci: int) -> bool:  # "behind them," alone says nothing
-        return any(_bare(toks[i]) not in _STOPWORDS or toks[i].spans for i in clauses[ci].toks)
+    def informative(ci: int) -> bool:
+        return _informative(doc, ci)
 
     for ci in ranked:  # then whole clauses, best first
         words = sum(toks[i].words for i in clauses[ci].toks)
@@ -727,62 +747,165 @@ def _close(text: str) -> str:
     return (stripped or text) + "."
 
 
-def _short(doc: _Doc, config: VariantConfig) -> str:
+def _informative(doc: _Doc, ci: int) -> bool:
+    """A clause that states something ("behind them," alone says nothing; the opening clause names the subject,
+    even one made of closed-class words such as 'A can.')."""
+    toks = [doc.toks[i] for i in doc.clauses[ci].toks]
+    if ci == 0:
+        return any(t.spans or any(ch.isalnum() for ch in t.text) for t in toks)
+    return any(_bare(t) not in _STOPWORDS or t.spans for t in toks)
+
+
+def _facts(doc: _Doc) -> list[int]:
+    return [ci for ci in range(len(doc.clauses)) if _informative(doc, ci)]
+
+
+def fact_count(caption: str, quoted: Sequence[str] = (), entities: Sequence[str] = ()) -> int:
+    """Facts a caption states: its clauses with content (a sentence, or a comma-separated part of one).
+
+    Args:
+        caption: the caption.
+        quoted: visible text lines (kept whole: a quote never splits into clauses).
+        entities: key entities (kept whole too).
+
+    Returns:
+        The number of informative clauses (0 for an empty caption).
+    """
+    if not _norm(caption) and not quoted and not entities:
+        return 0
+    return len(_facts(_prepare(caption, quoted, entities)))
+
+
+def _words_of(doc: _Doc, ids: Iterable[int]) -> int:
+    return sum(doc.toks[i].words for i in ids)
+
+
+def _short(doc: _Doc, config: VariantConfig, medium: str | None = None) -> str:
     limit = variant_limit("short", doc.quotes, doc.entities, config)
     mandatory = set(doc.quote_toks)
-    room = limit - sum(doc.toks[i].words for i in mandatory)
+    room = limit - _words_of(doc, mandatory)
     for e in doc.entities:  # the most important entity (caller's order) that still fits
         i = doc.entity_tok.get(e)
         if i is not None and doc.toks[i].words <= room:
             mandatory.add(i)
             break
+    target = limit
+    distinct = medium is not None and len(_facts(doc)) >= 2
+    if distinct:  # fewer words than medium, so short is never a copy of it
+        target = max(min(limit, _nwords(medium) - 1), _words_of(doc, mandatory), 1)
     total = sum(t.words for t in doc.toks)
-    ids = list(range(len(doc.toks))) if total <= limit else _plan(doc, mandatory, limit, 1)
-    return _render(doc, ids, "short")
+    ids = list(range(len(doc.toks))) if total <= target else _plan(doc, mandatory, target, 1)
+    text = _render(doc, ids, "short")
+    while distinct and same_text(text, medium or "") and target > max(_words_of(doc, mandatory), 1):
+        target -= 1  # same words as medium once punctuation is ignored ('—' counts as a word above)
+        text = _render(doc, _plan(doc, mandatory, target, 1), "short")
+    return text
 
 
 def _medium(doc: _Doc, config: VariantConfig) -> str:
     lo, hi = config.medium_bounds
     total = sum(t.words for t in doc.toks)
-    if total <= hi:
-        return _render(doc, list(range(len(doc.toks))), "medium")
     mandatory = set(doc.quote_toks) | set(doc.entity_tok.values())
-    return _render(doc, _plan(doc, mandatory, config.medium_target_words, lo), "medium")
+    if total > hi:
+        return _render(doc, _plan(doc, mandatory, config.medium_target_words, lo), "medium")
+    facts = _facts(doc)
+    if len(facts) >= MIN_DISTINCT_FACTS:  # the caption fits: drop its least important fact so long stays distinct
+        floor = medium_floor(total, config)
+        droppable = [ci for ci in facts[1:] if not mandatory.intersection(doc.clauses[ci].toks)
+                     and total - _words_of(doc, doc.clauses[ci].toks) >= floor]
+        if droppable:
+            drop = set(doc.clauses[min(droppable, key=lambda ci: (doc.clauses[ci].score, -ci))].toks)
+            return _render(doc, [i for i in range(len(doc.toks)) if i not in drop], "medium")
+        # every fact holds a quote or an entity: trim the words around them instead (a quarter of the caption)
+        target = total - max(2, total // 4)
+        if target >= max(floor, _words_of(doc, mandatory)):
+            ids = _plan(doc, mandatory, target, floor)
+            if floor <= _words_of(doc, ids) < total:
+                return _render(doc, ids, "medium")
+    return _render(doc, list(range(len(doc.toks))), "medium")
 
 
 # The grounded captioner's field labels ('Title: "..."', 'Tagged ...', 'Taken in ...'): structure, not content.
 _LABEL_WORDS = frozenset({"title", "alt", "description", "described", "tagged", "taken", "made", "credit"})
+_SHADES = frozenset({"light", "dark", "pale", "deep", "bright"})
 
 
 def _tags(doc: _Doc, config: VariantConfig) -> str:
+    """Quotes, entities, then the caption's content phrases in order: runs of up to three content words ('brick
+    wall', 'motion blurred clock'), colours ('light grey') and orientation words as tags of their own."""
     quotes = _minimal_quotes(doc.quotes)
     free = _free_entities(doc.entities, doc.quotes)
     tags: list[str] = [f'"{q}"' for q in quotes] + [e.lower() for e in free]
     seen = {t.casefold() for t in tags}
     entity_words = {w for e in doc.entities for w in _WORD_RE.findall(e.casefold())}
-    visual, other = [], []
-    for t in doc.toks:
+    phrases: list[str] = []
+    run: list[str] = []
+
+    def add(tag: str) -> None:
+        if tag not in seen:
+            seen.add(tag)
+            phrases.append(tag)
+
+    def flush() -> None:
+        for tag in [" ".join(run)] if len(run) <= 3 else list(run):
+            add(tag)
+        run.clear()
+
+    toks = doc.toks
+    n = 0
+    while n < len(toks):
+        t = toks[n]
+        n += 1
         if t.spans:
+            flush()
             continue
         w = _bare(t)
         if w.endswith("'s") or w.endswith("’s"):
             w = w[:-2]
-        if len(w) < 3 or w in _STOPWORDS or w in _LABEL_WORDS or w.endswith("ly") or not any(ch.isalpha() for ch in w):
+        ends = not t.text[-1:].isalnum()
+        nxt = _bare(toks[n]) if n < len(toks) and not toks[n].spans else ""
+        if w in _SHADES and nxt in _COLOURS and not ends:  # 'light grey' is one colour, not 'light' and 'grey'
+            flush()
+            add(f"{w} {nxt}")
+            n += 1
             continue
-        if w in entity_words or w in seen or not re.fullmatch(r"[\w'’-]+", w):
+        if (len(w) < 3 or w in _STOPWORDS or w in _LABEL_WORDS or w.endswith("ly") or w in entity_words
+                or not any(ch.isalpha() for ch in w) or not re.fullmatch(r"[\w'’-]+", w)):
+            flush()
             continue
-        seen.add(w)
-        (visual if w in _COLOURS or w in _ORIENTATION else other).append(w)
+        if w in _COLOURS or w in _ORIENTATION or w in ("dark", "bright"):
+            flush()
+            add(w)
+        else:
+            run.append(w)
+        if ends:
+            flush()
+    flush()
     limit = max(config.max_tags, len(tags))
-    tags += (visual + other)[: max(limit - len(tags), 0)]
+    tags += [p for p in phrases if p][: max(limit - len(tags), 0)]
     if not tags:  # a caption of stopwords only: keep its first word rather than nothing
         tags = [_bare(doc.toks[0]) or doc.toks[0].text.lower()]
     return ", ".join(tags)
 
 
-def _deterministic(doc: _Doc, config: VariantConfig) -> dict[str, str]:
-    return {"tags": _tags(doc, config), "short": _short(doc, config), "medium": _medium(doc, config),
-            "long": doc.long}
+def _deterministic(doc: _Doc, config: VariantConfig) -> dict[str, Any]:
+    medium = _medium(doc, config)
+    return _distinct(doc, {"tags": _tags(doc, config), "short": _short(doc, config, medium),
+                           "medium": medium, "long": doc.long})
+
+
+def _distinct(doc: _Doc, out: dict[str, Any]) -> dict[str, Any]:
+    """Leave `long` empty, with a note, when `medium` already says all of it: a copy teaches nothing new."""
+    out = {**out, "long_is_distinct": True, "long_note": None}
+    if same_text(out["medium"], out["long"]):
+        facts = len(_facts(doc))
+        why = ("none of its facts can be dropped (each holds quoted text or a key entity, or is too long to lose)"
+               if facts >= MIN_DISTINCT_FACTS else
+               f"the caption states {facts} fact{'s' if facts != 1 else ''} "
+               f"(a distinct long needs {MIN_DISTINCT_FACTS})")
+        out.update(long="", long_is_distinct=False,
+                   long_note=f"medium holds the whole caption ({_nwords(doc.long)} words): {why}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1032,6 +1155,8 @@ def rewrite_batch(
         for (n, kind, _), raw in zip(pending, _call(generate, prompts), strict=True):
             text = clean_output(kind, raw)
             problems = check_variant(kind, text, docs[n].quotes, docs[n].entities, config, caption=docs[n].long)
+            if base[n]["long_is_distinct"] and same_text(text, docs[n].long):
+                problems.append(f"{kind} repeats the caption")  # the facts allow a shorter one
             if not problems:
                 results[n][kind] = text
             elif attempt == 0:
@@ -1045,9 +1170,8 @@ def rewrite_batch(
     out = []
     for n, r in enumerate(results):
         reason = "; ".join(failures[n]) + " (after 1 retry; deterministic variant used)" if n in failures else None
-        out.append(Variants(tags=r["tags"], short=r["short"], medium=r["medium"], long=r["long"],
-                            backend=config.backend, model=model, prompt_version=config.prompt_version,
-                            fallback_reason=reason))
+        out.append(Variants(**_distinct(docs[n], r), backend=config.backend, model=model,
+                            prompt_version=config.prompt_version, fallback_reason=reason))
     if failures:
         log.info("prompt rewrite: %d of %d captions fell back to deterministic variants", len(failures), len(docs))
     return out
@@ -1123,16 +1247,17 @@ def expansion_pairs(variants_rows: Iterable[Mapping[str, Any] | Any]) -> list[di
     """(short -> long) pairs, the training data of a prompt expander.
 
     Args:
-        variants_rows: rows (mappings or objects) with `sample_id`, `short` and `long`.
+        variants_rows: rows (mappings or objects) with `sample_id`, `short`, `long` and (for rows without a
+            distinct long) `medium`.
 
     Returns:
-        `{"short", "long", "sample_id"}` dicts, skipping rows whose short or long is empty or whose short equals
-        the long caption (ignoring case, whitespace and final punctuation).
+        `{"short", "long", "sample_id"}` dicts (the long side is `medium` where `long` is empty), skipping rows whose
+        short or long side is empty or whose short equals it (ignoring case, whitespace and final punctuation).
     """
     pairs = []
     for row in variants_rows:
         get = row.get if isinstance(row, Mapping) else lambda k, r=row: getattr(r, k, None)
-        short, long = _norm(get("short") or ""), _norm(get("long") or "")
+        short, long = _norm(get("short") or ""), _norm(get("long") or get("medium") or "")
         if not short or not long or _same(short, long):
             continue
         pairs.append({"short": short, "long": long, "sample_id": str(get("sample_id") or "")})

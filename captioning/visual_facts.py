@@ -26,6 +26,12 @@ MIN_COLOUR_FRACTION = 0.12
 """Smallest share of the pixels a colour needs to be named among the dominant colours."""
 MAX_COLOURS = 3
 """Most colours named."""
+BORDER_FRACTION = 0.125
+"""Width of the border strip (share of each side) that the background is measured on."""
+BACKGROUND_BORDER_SHARE = 0.85
+"""A plain background: one colour name covers at least this share of the border strip..."""
+BACKGROUND_CENTRE_SHARE = 0.5
+"""...and less than this share of the centre (otherwise the whole image is that colour, not a background)."""
 
 PALETTE = (
     "black", "dark grey", "grey", "light grey", "white",
@@ -53,6 +59,8 @@ class VisualFacts:
     """'dark', 'bright' or None for an ordinary exposure."""
     colours: tuple[tuple[str, float], ...]
     """Dominant colour names with their share of the pixels, largest first."""
+    background: str | None = None
+    """The colour of a plain background (a uniform border around a different centre), or None."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for the caption's input record."""
@@ -167,4 +175,26 @@ def visual_facts(image: Image.Image) -> VisualFacts:
     order = sorted(range(len(PALETTE)), key=lambda i: (-counts[i], i))
     colours = tuple((PALETTE[i], float(counts[i])) for i in order[:MAX_COLOURS] if counts[i] >= MIN_COLOUR_FRACTION)
     label = "dark" if luma < 0.25 else "bright" if luma > 0.75 else None
-    return VisualFacts(width, height, orientation_of(width, height), greyscale, luma, label, colours)
+    background = plain_background(names.reshape(rgb.shape[:2]))
+    return VisualFacts(width, height, orientation_of(width, height), greyscale, luma, label, colours, background)
+
+
+def plain_background(names: np.ndarray) -> str | None:
+    """The palette name of a plain background in a 2-D map of pixel names, or None.
+
+    Product shots and studio portraits have one: a border strip almost all one colour around a centre that is not.
+    """
+    h, w = names.shape
+    bh, bw = max(1, round(h * BORDER_FRACTION)), max(1, round(w * BORDER_FRACTION))
+    if h < 4 or w < 4:
+        return None
+    border = np.concatenate([names[:bh].ravel(), names[-bh:].ravel(), names[bh:-bh, :bw].ravel(),
+                             names[bh:-bh, -bw:].ravel()])
+    counts = np.bincount(border, minlength=len(PALETTE))
+    top = int(counts.argmax())
+    if counts[top] < BACKGROUND_BORDER_SHARE * len(border):
+        return None
+    centre = names[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    if centre.size == 0 or (centre == top).mean() >= BACKGROUND_CENTRE_SHARE:
+        return None
+    return PALETTE[top]

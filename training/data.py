@@ -155,10 +155,14 @@ def target_size(width: int, height: int, stage_size: int, multiple: int) -> tupl
 
 
 def choose_prompt(captions: dict[str, str], variant: str) -> str:
-    """The caption of `variant`, or of the next non-empty variant (cyclic order tags, short, medium, long)."""
+    """The caption of `variant`, or of the nearest non-empty one: shorter ones first, then longer ones.
+
+    An empty `long` (its caption supports no long variant distinct from `medium`) thus trains on `medium`.
+    """
     start = PROMPT_VARIANTS.index(variant)
-    for k in range(len(PROMPT_VARIANTS)):
-        text = captions.get(PROMPT_VARIANTS[(start + k) % len(PROMPT_VARIANTS)]) or ""
+    order = [*range(start, -1, -1), *range(start + 1, len(PROMPT_VARIANTS))]
+    for k in order:
+        text = captions.get(PROMPT_VARIANTS[k]) or ""
         if text.strip():
             return text
     return ""

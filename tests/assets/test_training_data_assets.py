@@ -86,6 +86,9 @@ def test_every_asset_and_check_of_the_chain(pipeline):
     for kind in ("tags", "short", "medium", "long"):
         assert "OPEN 24 HOURS" in variants[sign_id][kind]
     assert len(variants[sign_id]["short"].split()) <= 12
+    assert "Title:" not in sign["caption"] and "Jane Doe" not in sign["caption"]  # prose; credits stay metadata
+    checks = {(s["asset"], s["check"]): s["passed"] for s in first if "check" in s}
+    assert checks[("captions", "caption_text")] and checks[("prompt_variants", "variant_quality")]
     assert _rows(storage, "prompt_expansion_pairs").num_rows >= 1
 
 
@@ -101,7 +104,8 @@ def test_shards_per_stage_hold_bucketed_images_with_provenance(pipeline):
             for row in table.to_pylist():
                 w, h = map(int, row["bucket"].split("x"))
                 assert abs(w * h - size * size) <= 0.25 * size * size
-                assert row["caption_long"] and row["source_uri"] and row["sample_weight"] > 0
+                assert row["caption_medium"] and row["source_uri"] and row["sample_weight"] > 0
+                assert row["caption_long"] != row["caption_medium"]  # a long is distinct or absent, never a copy
     assert len(store.list_parts(store.dir("training_shards", "256"))) >= 2  # shards of the target size
     card = json.loads((Path(storage) / "dataset_card" / "_" / "dataset_card.json").read_text())
     assert set(card["stages"]) == {"256", "512", "1024"} and card["curated"] == 7

@@ -18,6 +18,7 @@ from captioning.captioner import (
     extract_caption_metadata,
     load_captioner,
 )
+from captioning.prose import FIELD_LABEL_RE
 from captioning.visual_facts import classify_pixels, orientation_of, visual_facts
 from curation.metadata import extract_metadata
 from tests.captioning.conftest import solid, two_tone
@@ -170,15 +171,19 @@ def test_grounded_caption_composes_facts_metadata_and_ocr():
     captioner = load_captioner(CaptionerConfig())
     captioner.setup()
     [result] = captioner.caption_batch([inp])
+    # subject, visible text, pixels, place and date: prose, no labels, no camera model, no licence
     assert result.caption == (
-        'A landscape colour photograph, mostly dark green and brown. Title: "Forest path". '
-        'Description: "A path through the woods of Fontainebleau in autumn". The visible text reads "SENTIER". '
-        "Tagged forest and autumn. Taken in Fontainebleau, France, on 12 October 2021 with a Canon EOS R5.")
+        'A path through the woods of Fontainebleau in autumn. The visible text reads "SENTIER". '
+        "A landscape colour photograph, mostly dark green with brown. Taken in Fontainebleau, France, on 12 October "
+        "2021.")
     assert (result.backend, result.model, result.prompt_version, result.attempts, result.failure) == (
         "grounded", GROUNDED_MODEL, GROUNDED_VERSION, 1, None)
     assert result.inputs["ocr_lines"] == ["SENTIER"] and result.inputs["ocr_lines_below_min_score"] == 1
     assert result.inputs["metadata_fields"] == ["exif.DateTimeOriginal", "exif.Make", "exif.Model", "sidecar.caption",
-                                                "sidecar.location", "sidecar.tags", "sidecar.title"]
+                                                "sidecar.location"]
+    assert result.inputs["entities"] == ["Fontainebleau, France"]
+    assert result.inputs["facts"] == ["subject", "text", "format", "palette", "place", "date"]
+    assert not FIELD_LABEL_RE.search(result.caption) and "Canon" not in result.caption
     assert result.inputs["visual_facts"]["orientation"] == "landscape"
     assert "blurry" not in result.caption and "OLYMPUS" not in result.caption
     assert grounding.check_caption(result.caption, result.inputs["ocr_lines"]) is None
@@ -192,11 +197,12 @@ def test_grounded_caption_is_deterministic_and_invents_no_entities():
     captioner = load_captioner(CaptionerConfig(backend="grounded"))
     first = captioner.caption_batch(inputs)
     assert [r.to_record() for r in first] == [r.to_record() for r in captioner.caption_batch(inputs)]
-    assert first[0].caption == ('A portrait colour image, mostly white and dark blue. '
+    # no subject in the metadata: the picture itself comes first, then its text
+    assert first[0].caption == ('A portrait colour image, mostly white with dark blue. '
                                 'The visible text reads "Grand Opening" and "Sat 10am".')
     assert first[1].caption == "A square black-and-white image, mostly grey."
     # every capitalised word of a grounded caption comes from its fixed vocabulary, the OCR text or the metadata
-    allowed = {"A", "An", "The", "Title", "Description", "Also", "Alt", "Tagged", "Taken", "Made", "Credit"}
+    allowed = {"A", "An", "The", "Taken", "Made"}
     for result, inp in zip(first, inputs, strict=True):
         ocr_words = {w for text, _ in inp.ocr_lines for w in re.findall(r"\w+", text)}
         assert {w for w in re.findall(r"\b[A-Z]\w*", result.caption)} <= allowed | ocr_words

@@ -237,7 +237,20 @@ def test_fallback_to_grounded_keeps_the_failure_reason():
         [result] = run(config(server, fallback_to_grounded=True), [sample(0, [("SALE", 0.9)])])
     assert result.failure == grounding.CAPTION_REPETITIVE and result.fallback_from == "openai"
     assert result.backend == "grounded" and result.attempts == 2
-    assert result.caption.startswith("A landscape colour image, mostly red.") and '"SALE"' in result.caption
+    assert result.caption == 'Card 0. The visible text reads "SALE". A landscape colour image, mostly red.'
+
+
+def test_labels_credits_and_preamble_are_removed_from_vlm_captions():
+    text = ('The image shows a red card with the word "SALE". Title: card 0. Credit: Jane Doe. '
+            "License: CC-BY-4.0.")
+    with ChatServer([reply(text)]) as server:
+        [result] = run(config(server), [sample(0, [("SALE", 0.95)])])
+    assert result.failure is None and result.caption == 'A red card with the word "SALE". Card 0.'
+    body = server.requests[0]["body"]["messages"][1]["content"][1]["text"]
+    assert "credits, licences" in body  # the prompt asks for none, the clean-up removes what comes anyway
+    with ChatServer([reply("Credit: Jane Doe. Source: https://example.org.")]) as server:
+        [empty] = run(config(server, max_caption_attempts=1), [sample(0)])
+    assert empty.failure == grounding.CAPTION_EMPTY and "nothing left" in empty.failure_detail
 
 
 def test_missing_ocr_text_is_appended_or_retried():

@@ -10,6 +10,7 @@ import pytest
 
 from captioning.variants import (
     DETERMINISTIC_VERSION,
+    MIN_DISTINCT_FACTS,
     VARIANT_KINDS,
     TransformersTextGenerator,
     VariantConfig,
@@ -19,10 +20,13 @@ from captioning.variants import (
     check_variant,
     clean_output,
     expansion_pairs,
+    fact_count,
     invented_words,
+    medium_floor,
     required_quotes,
     rewrite,
     rewrite_batch,
+    same_text,
     sample_length,
     select_prompt,
     split_tags,
@@ -75,6 +79,20 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
+def _copies(v: Variants, quotes, entities) -> list[tuple[str, str]]:
+    """Pairs of variants with the same words, except pairs made only of the text every variant must keep."""
+    def kept_only(text):
+        for q in sorted(quotes, key=len, reverse=True):  # a quote may hold a shorter one
+            text = text.replace(q, " ")
+        for e in entities:
+            text = re.sub(re.escape(e), " ", text, flags=re.IGNORECASE)
+        return not re.search(r"\w", text)
+
+    present = [k for k in VARIANT_KINDS if getattr(v, k)]
+    return [(a, b) for i, a in enumerate(present) for b in present[i + 1:]
+            if same_text(getattr(v, a), getattr(v, b)) and not (kept_only(getattr(v, a)) and kept_only(getattr(v, b)))]
+
+
 @pytest.mark.parametrize("name", sorted(CAPTIONS))
 def test_deterministic_variants_pass_checks_and_invent_nothing(name):
     caption, quoted, entities = CAPTIONS[name]
@@ -82,23 +100,36 @@ def test_deterministic_variants_pass_checks_and_invent_nothing(name):
     quotes = required_quotes(caption, quoted)
     assert v.backend == "deterministic" and v.model == "" and v.prompt_version == DETERMINISTIC_VERSION
     assert v.fallback_reason is None
-    assert v.long.startswith(" ".join(caption.split()))
+    full = v.long if v.long_is_distinct else v.medium
+    assert full.startswith(" ".join(caption.split()))
+    if not v.long_is_distinct:  # no copy: an empty long and the reason
+        assert v.long == "" and "medium holds the whole caption" in v.long_note
+    else:
+        assert v.long_note is None
+    if fact_count(caption, quoted, entities) >= MIN_DISTINCT_FACTS:
+        assert v.long_is_distinct, v
+        assert _copies(v, quotes, entities) == [], v
     for kind in VARIANT_KINDS:
         text = getattr(v, kind)
-        assert check_variant(kind, text, quotes, entities, CFG, caption=v.long) == [], (kind, text)
+        if kind == "long" and not v.long_is_distinct:
+            continue
+        assert check_variant(kind, text, quotes, entities, CFG, caption=full) == [], (kind, text)
         assert invented_words(text, caption, quoted, entities) == set(), (kind, text)
         for q in quotes:
             assert q in text, (kind, q, text)
-    lo, hi = CFG.medium_bounds
+    hi = CFG.medium_bounds[1]
     assert _words(v.short) <= max(CFG.short_max_words, sum(_words(q) for q in quotes))
-    assert min(lo, _words(v.long)) <= _words(v.medium) <= max(hi, variant_limit("medium", quotes, entities, CFG))
+    assert medium_floor(_words(full), CFG) <= _words(v.medium) <= max(hi, variant_limit("medium", quotes, entities,
+                                                                                         CFG))
     assert all(t == t.lower() for t in split_tags(v.tags) if not t.startswith('"'))
     assert len(split_tags(v.tags)) <= variant_limit("tags", quotes, entities, CFG)
 
 
 def test_specific_shapes():
     v = rewrite(*CAPTIONS["very_short"], CFG)
-    assert (v.short, v.medium, v.long, v.tags) == ("A black cat", "A black cat.", "A black cat.", "black, cat")
+    assert (v.short, v.medium, v.long, v.tags) == ("A black cat", "A black cat.", "", "black, cat")
+    assert not v.long_is_distinct and v.long_note == ("medium holds the whole caption (3 words): the caption states "
+                                                      "1 fact (a distinct long needs 3)")
 
     caption, quoted, entities = CAPTIONS["long_quote"]
     quote = required_quotes(caption)[0]
@@ -163,9 +194,10 @@ def test_checks_report_problems():
     # with the caption, its own quotes are required too, and they lift short's limit (the asset passes OCR lines only)
     caption, quoted, entities = CAPTIONS["long_quote"]
     v = rewrite(caption, quoted, entities, CFG)
-    assert check_variant("short", v.short, [], entities, CFG, caption=v.long) == []
+    assert not v.long_is_distinct and v.medium.startswith(caption)  # one sentence: one fact
+    assert check_variant("short", v.short, [], entities, CFG, caption=v.medium) == []
     assert any("limit 12" in p for p in check_variant("short", v.short, [], entities, CFG))
-    assert any("misses quoted" in p for p in check_variant("medium", "x " * 25, [], [], CFG, caption=v.long))
+    assert any("misses quoted" in p for p in check_variant("medium", "x " * 25, [], [], CFG, caption=v.medium))
 
 
 def test_deterministic_is_deterministic_and_order_free():
@@ -260,7 +292,9 @@ def test_llm_retry_success_has_no_fallback_and_batch_is_one_call_per_round():
     out = rewrite_batch(items, VariantConfig(backend="openai"), generator=generate)
     assert rounds == [6, 6]
     assert [v.fallback_reason for v in out] == [None, None]
-    assert out[1].short == "A cat" and out[1].long == "A black cat."
+    assert out[1].short == "A cat" and out[1].medium == "A black cat."
+    assert out[1].long == "" and not out[1].long_is_distinct  # a one-fact caption has no distinct long
+    assert out[0].long == rewrite(*CAPTIONS["quote_and_entity"]).long and out[0].long_is_distinct
 
 
 def test_llm_errors():
@@ -367,13 +401,16 @@ def test_sampling_frequencies():
 def test_expansion_pairs():
     items = [CAPTIONS["quote_and_entity"], CAPTIONS["very_short"], CAPTIONS["long_quote"]]
     variants = rewrite_batch(items, CFG)
-    rows = [{"sample_id": f"id{i}", "short": v.short, "long": v.long} for i, v in enumerate(variants)]
+    rows = [{"sample_id": f"id{i}", "short": v.short, "medium": v.medium, "long": v.long}
+            for i, v in enumerate(variants)]
+    assert [v.long_is_distinct for v in variants] == [True, False, False]
     rows.append({"sample_id": "empty", "short": "", "long": "A caption."})
     rows.append(Variants(tags="t", short="A dog", medium="m", long="A dog running.", backend="deterministic",
                          model="", prompt_version="x"))  # object rows work; no sample_id -> ""
     pairs = expansion_pairs(rows)
     assert [p["sample_id"] for p in pairs] == ["id0", "id2", ""]  # "A black cat" == "A black cat." is skipped
     assert pairs[0] == {"short": variants[0].short, "long": variants[0].long, "sample_id": "id0"}
+    assert pairs[1] == {"short": variants[2].short, "long": variants[2].medium, "sample_id": "id2"}  # no long
     assert all(p["short"] != p["long"] for p in pairs)
 
 
@@ -398,7 +435,14 @@ def test_random_captions_always_pass_checks():
     for cfg in (CFG, VariantConfig(short_max_words=3, medium_target_words=8, medium_tolerance=2, max_tags=2)):
         for (caption, quoted, entities), v in zip(items, rewrite_batch(items, cfg), strict=True):
             quotes = required_quotes(caption, quoted)
+            full = v.long if v.long_is_distinct else v.medium
+            assert v.long_is_distinct or (v.long == "" and v.long_note)
+            if cfg == CFG and fact_count(caption, quoted, entities) >= MIN_DISTINCT_FACTS:  # never a copy
+                # (with 2 tags and 3-word shorts, the same two words can be both the best tags and the short)
+                assert _copies(v, quotes, entities) == [], (caption, v)
             for kind in VARIANT_KINDS:
                 text = getattr(v, kind)
-                assert check_variant(kind, text, quotes, entities, cfg, caption=v.long) == [], (caption, kind, text)
+                if kind == "long" and not v.long_is_distinct:
+                    continue
+                assert check_variant(kind, text, quotes, entities, cfg, caption=full) == [], (caption, kind, text)
                 assert invented_words(text, caption, quoted, entities) == set(), (caption, kind, text)

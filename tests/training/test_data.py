@@ -43,11 +43,13 @@ def test_deterministic_for_a_seed(shard_dir):
 
 
 def test_prompt_distribution_and_fallback(shard_dir):
-    assert choose_prompt({"tags": "", "short": "", "medium": "m", "long": ""}, "long") == "m"  # long -> tags -> ...
+    assert choose_prompt({"tags": "", "short": "", "medium": "m", "long": ""}, "long") == "m"
+    assert choose_prompt({"tags": "t", "short": "s", "medium": "m", "long": ""}, "long") == "m"  # nearest, not tags
+    assert choose_prompt({"tags": "", "short": "s", "medium": "m", "long": "l"}, "tags") == "s"
     assert choose_prompt({"tags": "t", "short": "", "medium": "", "long": ""}, "short") == "t"
     assert choose_prompt({"tags": "", "short": "", "medium": "", "long": ""}, "short") == ""
-    ds = ShardDataset(shard_dir, 4, {"long": 1.0}, seed=0)  # every long caption is empty: falls back to tags
-    assert all(p.startswith("disc,") for b in _take(ds, 3) for p in b["prompts"])
+    ds = ShardDataset(shard_dir, 4, {"long": 1.0}, seed=0)  # every long caption is empty: falls back to medium
+    assert all(p.startswith("a coloured disc number") for b in _take(ds, 3) for p in b["prompts"])
     ds = ShardDataset(shard_dir, 4, {"tags": 0.5, "medium": 0.5}, seed=0)
     prompts = [p for b in _take(ds, 10) for p in b["prompts"]]
     tags = sum(p.startswith("disc,") for p in prompts)
