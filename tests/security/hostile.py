@@ -45,18 +45,24 @@ def stored_bytes(rows, decisions) -> bytes:
 
 
 def run_isolated(code: str, timeout: float = 60, max_memory_mb: int | None = None) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh interpreter from the repo root, killed after `timeout` s; with `max_memory_mb`, its
-    address space is capped at that much above what it uses once its imports are done (`__CAP__()` marks where)."""
-    prologue = "import resource\n"
-    if max_memory_mb is not None:
-        prologue += textwrap.dedent(f"""
-            def __CAP__():
-                with open('/proc/self/statm') as f:
-                    pages = int(f.read().split()[0])
-                limit = pages * resource.getpagesize() + {max_memory_mb} * 2**20
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-            """)
-    else:
-        prologue += "def __CAP__():\n    pass\n"
-    return subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    """Run `code` in a fresh interpreter from the repo root, killed after `timeout` s.
+
+    `__CAP__()` in the code marks the end of its imports: with `max_memory_mb`, the address space is then capped at
+    that much above its size (a runaway read fails with MemoryError instead of filling the machine); the cap is on
+    virtual memory, which thread stacks and allocator arenas also take, so it must be generous. `__GROWTH_MB__()`
+    gives the peak resident growth since `__CAP__()`, the tight measure a test asserts on.
+    """
+    cap = "" if max_memory_mb is None else (
+        "    with open('/proc/self/statm') as f:\n"
+        "        pages = int(f.read().split()[0])\n"
+        f"    limit = pages * resource.getpagesize() + {max_memory_mb} * 2**20\n"
+        "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n")
+    prologue = ("import resource\n_BASE = [0]\n"
+                "def __CAP__():\n    _BASE[0] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n" + cap +
+                "def __GROWTH_MB__():\n"
+                "    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - _BASE[0]) / 1024\n")
+    # Leave without interpreter teardown: a native library's thread torn down at exit can abort (SIGABRT) after
+    # the result was printed, which is not what these tests look at.
+    epilogue = "\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n"
+    return subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code) + epilogue], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})

@@ -22,7 +22,8 @@ INGEST = """
     rows, decisions = ingest_drop(sys.argv[1] if len(sys.argv) > 1 else {source!r}, ReadLimits(**{limits}))
     print(json.dumps({{"kept": sorted(r["source_uri"].rsplit("/", 1)[-1] for r in rows),
                       "drops": sorted([d.source_uri.rsplit("/", 1)[-1], d.reason, d.details] for d in decisions
-                                      if d.decision == "drop")}}))
+                                      if d.decision == "drop"),
+                      "growth_mb": __GROWTH_MB__()}}))
 """
 
 
@@ -72,9 +73,9 @@ def test_dev_zero_as_a_manifest_path_does_not_grow_memory(tmp_path):
     os.symlink("/dev/zero", tmp_path / "zero.jpg")
     pq.write_table(pa.table({"path": ["/dev/zero", "/dev/urandom", "zero.jpg"]}), tmp_path / "m.parquet")
     # /dev is an allowed root here, so containment passes and only the regular-file rule stands between the reader
-    # and an endless read; 300 MB above the imports is far less than what reading /dev/zero up to the cap takes.
-    out = _ingest_isolated(tmp_path, {"allowed_roots": ("/dev",)}, max_memory_mb=300)
-    assert out["kept"] == []
+    # and an endless read (the address-space cap stops a regression at a few GB instead of the machine's memory).
+    out = _ingest_isolated(tmp_path, {"allowed_roots": ("/dev",)}, max_memory_mb=3072)
+    assert out["kept"] == [] and out["growth_mb"] < 100  # reading up to the 256 MB cap would show
     assert [(n, r) for n, r, _ in out["drops"]] == [
         ("m.parquet#0", "not_a_regular_file"), ("m.parquet#1", "not_a_regular_file"),
         ("m.parquet#2", "not_a_regular_file"), ("zero.jpg", "symlink_outside_root")]
