@@ -65,4 +65,5 @@ def run_isolated(code: str, timeout: float = 60, max_memory_mb: int | None = Non
     # the result was printed, which is not what these tests look at.
     epilogue = "\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n"
     return subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code) + epilogue], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, timeout=timeout,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
