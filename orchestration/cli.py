@@ -216,6 +216,10 @@ def print_summary(summaries: list[dict[str, Any]], out=None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestration.run_lock import storage_run_lock
 
+    if args.ray_listen_all:
+        from orchestration.ray_adapter import LISTEN_ALL_ENV
+
+        os.environ[LISTEN_ALL_ENV] = "1"
     with storage_run_lock(args.storage, wait=args.wait):
         summaries = run_pipeline(args.source or [], args.storage, load_config(args.config), args.select)
     print_summary(summaries)
@@ -639,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML run configuration (see examples/demo.yaml)")
     run.add_argument("--select", help="Dagster asset selection, e.g. '*deduplicated_images' (default: all)")
     run.add_argument("--wait", action="store_true", help="wait for another run on this storage instead of exit 2")
+    run.add_argument("--ray-listen-all", action="store_true",
+                     help="let the embedded Ray listen on this machine's network address (default: 127.0.0.1 only)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run every asset on the bundled sample corpus and print a summary")
@@ -705,7 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="the Dagster UI over a storage root")
     ui.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
     ui.add_argument("--port", type=int, default=3000)
-    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address the UI listens on (default: this machine only; 0.0.0.0 opens it to the network)")
     ui.set_defaults(func=cmd_ui)
     return parser
 
