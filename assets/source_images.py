@@ -5,6 +5,7 @@ from functools import partial
 
 import dagster as dg
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster_ray import RayResource
 from pydantic import Field
@@ -43,13 +44,17 @@ class SourceImagesConfig(dg.Config):
                                        description="PLUS DataMining codes that bar an input.")
     tdm_c2pa_uses: list[str] = Field(default=list(TdmPolicy.c2pa_uses),
                                      description="C2PA/CAWG training-mining uses whose notAllowed bars an input.")
+    allowed_roots: list[str] = Field(default_factory=list, description="Directories or URI prefixes outside the "
+                                     "drop that manifest paths may point into (a mounted image store).")
+    max_key_bytes: int = Field(default=ReadLimits.max_key_bytes, description="Most bytes held per WebDataset key.")
 
     def to_ingest_config(self) -> IngestConfig:
         """The one conversion from Dagster config to the pure config."""
         return IngestConfig(
             probe=ProbeLimits(max_pixels=self.max_pixels, min_side=self.min_side, max_frames=self.max_frames),
             read=ReadLimits(max_file_bytes=self.max_file_bytes, max_sidecar_bytes=self.max_sidecar_bytes,
-                            files_per_unit=self.files_per_unit, rows_per_unit=self.rows_per_unit),
+                            files_per_unit=self.files_per_unit, rows_per_unit=self.rows_per_unit,
+                            allowed_roots=tuple(self.allowed_roots), max_key_bytes=self.max_key_bytes),
             default_licence=self.default_licence,
             tdm=TdmPolicy(enabled=self.tdm_reservations, plus_barred=tuple(self.tdm_plus_barred),
                           c2pa_uses=tuple(self.tdm_c2pa_uses)),
@@ -75,6 +80,18 @@ def planned_inputs(unit: WorkUnit) -> int | None:
     return None
 
 
+def previous_inputs(store: TableStore, partition: str) -> list[str]:
+    """The `source_uri`s the last run of this drop stored (rows and ledger), so a vanished input is ledgered."""
+    uris: list[str] = []
+    for directory in (store.dir(ASSET, partition), store.decisions_dir(ASSET, partition)):
+        for path in store.list_parts(directory):
+            try:
+                uris += store.read_part(path, ["source_uri"]).column("source_uri").to_pylist()
+            except (OSError, pa.ArrowException):  # a damaged part is recomputed anyway
+                continue
+    return uris
+
+
 def ingest_process(opt_outs: OptOutList, store: TableStore, payload: tuple[str, WorkUnit, IngestConfig]) -> UnitOutput:
     """Worker body: one work unit of a drop -> its rows, ledger decisions and counts."""
     partition, unit, config = payload
@@ -98,7 +115,7 @@ def source_images(context: dg.AssetExecutionContext, config: SourceImagesConfig,
     source = store.source_uri(partition)
     ingest_config = config.to_ingest_config()
     clock = Throughput()
-    work = plan_units(source, ingest_config.read)
+    work = plan_units(source, ingest_config.read, previous_inputs(store, partition))
     units = [Unit(w.index, (partition, w, ingest_config), w.fingerprint, planned_inputs(w)) for w in work]
     seconds_plan = clock.elapsed()
     opt_outs = load_opt_outs(store)  # new inputs honour it here; curated ones at rebalanced_images and the shards

@@ -58,6 +58,17 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def metadata_json(metadata: dict[str, Any]) -> str:
+    """Valid, storable JSON: no NaN / Infinity (strict JSON has none), and `\\u` escapes where a string holds a
+    lone surrogate that UTF-8 cannot encode."""
+    text = json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(metadata, ensure_ascii=True, sort_keys=True, allow_nan=False)
+
+
 def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[str, Any] | None, list[Decision]]:
     """Turn one raw item into a `source_images` row (or None) and its ledger entries.
 
@@ -92,6 +103,8 @@ def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[
         return None, [tdm_decision(sample_id, item.source_uri, reservation)]
     if tdm_note:
         notes.append(tdm_note)
+    if item.uri_bytes is not None:  # the display form in source_uri is not lossless; these bytes are
+        metadata["source_uri_bytes_hex"] = item.uri_bytes.hex()
     row = {
         "sample_id": sample_id,
         "source": source,
@@ -107,13 +120,15 @@ def ingest_item(item: RawItem, source: str, config: IngestConfig) -> tuple[dict[
         "exif_orientation": facts.exif_orientation,
         "has_icc": facts.has_icc,
         "licence": licence_of(item.sidecar) or config.default_licence,
-        "metadata": json.dumps(metadata, ensure_ascii=False, sort_keys=True),
+        "metadata": metadata_json(metadata),
         "notes": notes,
     }
     decisions = []
     if notes:
-        decisions.append(Decision(sample_id, item.source_uri, "ingest", "keep", "normalised",
-                                  details={"notes": notes, "mode": facts.mode, "format": facts.format}))
+        details = {"notes": notes, "mode": facts.mode, "format": facts.format}
+        if item.uri_bytes is not None:
+            details["source_uri_bytes_hex"] = item.uri_bytes.hex()
+        decisions.append(Decision(sample_id, item.source_uri, "ingest", "keep", "normalised", details=details))
     return row, decisions
 
 

@@ -115,13 +115,30 @@ _XP_TAGS = {0x9C9B, 0x9C9C, 0x9C9D, 0x9C9E, 0x9C9F}
 """Windows XPTitle, XPComment, XPAuthor, XPKeywords, XPSubject: UTF-16LE in BYTE arrays."""
 
 
+def utf8_text(text: str) -> str:
+    """`text` itself when it is valid Unicode; else lone surrogates (from a JSON `\\udXXX` escape or a
+    surrogate-escaped file name) written as `\\xNN` byte escapes, since Arrow and UTF-8 JSON cannot hold them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # a name's undecodable bytes come back as themselves
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def jsonable(value: Any, truncated: list[str], key: str = "") -> Any:
     """Convert a metadata value (bytes, IFDRational, tuples, nested dicts) into something `json.dumps` accepts."""
-    if value is None or isinstance(value, bool | int | str):
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-            truncated.append(key)
-            return value[:MAX_TEXT_CHARS]
+    if value is None or isinstance(value, bool | int):
         return value
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_CHARS:
+            truncated.append(key)
+            value = value[:MAX_TEXT_CHARS]
+        return utf8_text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, TiffImagePlugin.IFDRational):
@@ -138,7 +155,7 @@ def jsonable(value: Any, truncated: list[str], key: str = "") -> Any:
             return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
         return {"binary_bytes": len(value)}
     if isinstance(value, dict):
-        return {str(k): jsonable(v, truncated, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        return {utf8_text(str(k)): jsonable(v, truncated, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v, truncated, key) for v in value]
     return jsonable(str(value), truncated, key)

@@ -214,7 +214,14 @@ def print_summary(summaries: list[dict[str, Any]], out=None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    summaries = run_pipeline(args.source or [], args.storage, load_config(args.config), args.select)
+    from orchestration.run_lock import storage_run_lock
+
+    if args.ray_listen_all:
+        from orchestration.ray_adapter import LISTEN_ALL_ENV
+
+        os.environ[LISTEN_ALL_ENV] = "1"
+    with storage_run_lock(args.storage, wait=args.wait):
+        summaries = run_pipeline(args.source or [], args.storage, load_config(args.config), args.select)
     print_summary(summaries)
     return 0 if checks_passed(summaries) else 1
 
@@ -230,7 +237,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sources = demo_sources()
     config = load_config(str(EXAMPLE_CONFIG) if EXAMPLE_CONFIG.exists() else None)
     print(f"curate demo: {len(sources)} source drops from {EXAMPLE_CORPUS} -> {args.storage}")
-    summaries = run_pipeline(sources, args.storage, config)
+    from orchestration.run_lock import storage_run_lock
+
+    with storage_run_lock(args.storage, wait=args.wait):
+        summaries = run_pipeline(sources, args.storage, config)
     print_summary(summaries)
     def dropped(asset: str) -> int:
         return sum(int(s["metadata"].get("dropped") or 0) for s in summaries
@@ -639,10 +649,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"), help="storage root (dir/URI)")
     run.add_argument("--config", help="YAML run configuration (see examples/demo.yaml)")
     run.add_argument("--select", help="Dagster asset selection, e.g. '*deduplicated_images' (default: all)")
+    run.add_argument("--wait", action="store_true", help="wait for another run on this storage instead of exit 2")
+    run.add_argument("--ray-listen-all", action="store_true",
+                     help="let the embedded Ray listen on this machine's network address (default: 127.0.0.1 only)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run every asset on the bundled sample corpus and print a summary")
     demo.add_argument("--storage", default="data/demo")
+    demo.add_argument("--wait", action="store_true", help="wait for another run on this storage instead of exit 2")
     demo.set_defaults(func=cmd_demo)
 
     inspect = sub.add_parser("inspect", help="one JSON line per image: what ingest sees")
@@ -704,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="the Dagster UI over a storage root")
     ui.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
     ui.add_argument("--port", type=int, default=3000)
-    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address the UI listens on (default: this machine only; 0.0.0.0 opens it to the network)")
     ui.set_defaults(func=cmd_ui)
     return parser
 
@@ -712,7 +727,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _quiet_env()
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    from orchestration.run_lock import StorageBusy
+
+    try:
+        return int(args.func(args) or 0)
+    except StorageBusy as exc:
+        print(f"curate {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Security rules that hold for the whole code base: no unpickling of anything, safe YAML, no eval.
 
-The behavioural tests live beside their code: hostile tar member paths (tests/curation/test_sources.py), sidecar and
-metadata size limits (tests/curation/test_metadata.py, tests/assets/test_source_images.py), API keys from the
-environment and never logged (tests/captioning/test_openai_client.py), checkpoints loaded with weights_only
-(tests/training/test_trainer.py).
+The hostile-input tests of the readers are the other files of tests/security/ (containment, special files, one bad
+input per drop, a fuzz pass, what listens); others live beside their code: hostile tar member paths
+(tests/curation/test_sources.py), sidecar and metadata size limits (tests/curation/test_metadata.py,
+tests/assets/test_source_images.py), API keys from the environment and never logged
+(tests/captioning/test_openai_client.py), checkpoints loaded with weights_only (tests/training/test_trainer.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("assets", "captioning", "curation", "orchestration", "training", "bench", "examples")
 
 
