@@ -13,6 +13,8 @@ from torch import nn
 from training.data import ShardDataset
 
 EVAL_SEED = 20_261_130
+EVAL_IMAGES = 16
+"""Images of the trainer's fixed batch (one bucket), whatever the batch size and number of workers."""
 EVAL_TIMES = 4
 """Each held-out image is scored at this many fixed times t (a stratified grid over (0, 1))."""
 

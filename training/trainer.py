@@ -64,7 +64,7 @@ from training.checkpoint import (
 )
 from training.config import ModelConfig, TrainConfig, config_from_dict
 from training.data import ShardDataset, list_shards
-from training.evaluation import EVAL_SEED, eval_loss, fixed_eval_batch
+from training.evaluation import EVAL_IMAGES, EVAL_SEED, eval_loss, fixed_eval_batch
 from training.loader import batch_loader
 from training.model import DiT, IREPAProjector, count_parameters, irepa_loss
 from training.teacher import TeacherCache, load_teacher
@@ -325,19 +325,25 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
         log.warning("precision='bf16' needs CUDA: training in fp32 on %s", device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
-    # The fixed yardstick, from every shard; under FSDP the weights are sharded, so every rank takes part.
+    # The fixed yardstick, from every shard, of a fixed size (not the per-worker batch); under FSDP the weights are sharded, so every rank takes part.
     evaluate = is_main or sharded
     eval_set = None
     if evaluate:
         eval_set = fixed_eval_batch(
-            ShardDataset(all_shards, train_cfg.batch_size, train_cfg.prompt_length_distribution, seed=EVAL_SEED,
+            ShardDataset(all_shards, EVAL_IMAGES, train_cfg.prompt_length_distribution, seed=EVAL_SEED,
                          stage_size=train_cfg.stage_size, multiple=multiple),
             text_encoder, latent_cache, device, train_cfg.logit_normal_mean, train_cfg.logit_normal_std)
     preview_texts = _Texts(text_encoder, train_cfg.preview_prompts) if train_cfg.preview_prompts else None
     del text_encoder, text_cache.encoder  # every state the stage needs is cached: free the encoder's memory
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    initial_eval = eval_loss(ema, eval_set, autocast) if evaluate and start_step == 0 else None
+    def evaluate_ema() -> float:
+        value = eval_loss(ema, eval_set, autocast)
+        if sharded:  # a root FSDP module keeps its parameters gathered after a forward with no backward
+            ema.reshard()
+        return value
+
+    initial_eval = evaluate_ema() if evaluate and start_step == 0 else None
     if is_main:
         truncate_metrics(metrics_path, start_step)
         log_fn(f"DiT {params / 1e6:.2f}M params, stage {train_cfg.stage_size}px, steps {start_step}->"
@@ -423,7 +429,7 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
                       "bucket": batch["bucket"], "world_size": world, "time": time.time(),
                       **phases.pop(window_steps)}
             if evaluate:
-                record["eval_loss"] = eval_loss(ema, eval_set, autocast)
+                record["eval_loss"] = evaluate_ema()
                 if initial_eval is not None:  # the stage's starting point, on its first line only
                     record["eval_loss_initial"], initial_eval = initial_eval, None
             if is_main:
