@@ -325,7 +325,8 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
         log.warning("precision='bf16' needs CUDA: training in fp32 on %s", device)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
-    # The fixed yardstick, from every shard, of a fixed size (not the per-worker batch); under FSDP the weights are sharded, so every rank takes part.
+    # The fixed yardstick, from every shard, of a fixed size (not the per-worker batch); under FSDP the weights are
+    # sharded, so every rank takes part.
     evaluate = is_main or sharded
     eval_set = None
     if evaluate:
