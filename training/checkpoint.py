@@ -60,6 +60,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> tuple[str
     return hashed.sha.hexdigest(), hashed.size
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 8 << 20) -> str:
+    """Hex SHA-256 of a local file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint written by `train` (safe loading: tensors and plain containers only)."""
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -41,7 +41,10 @@ def fixed_eval_batch(dataset: ShardDataset, text_encoder: Any, latent_cache: Any
     t = torch.sigmoid(mean + std * torch.special.ndtri(quantiles)).float()
     t = t[torch.randperm(len(t), generator=generator)]
     noise = torch.randn(x0.shape, generator=generator)
-    return {k: v.to(device) for k, v in {"x0": x0, "t": t, "noise": noise, "text": text, "mask": mask}.items()}
+    out = {"x0": x0, "t": t, "noise": noise, "text": text}
+    if not bool(mask.all()):  # no mask at all when nothing is padded (the fused attention kernels)
+        out["mask"] = mask
+    return {k: v.to(device) for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -52,6 +55,6 @@ def eval_loss(model: nn.Module, batch: dict[str, torch.Tensor], autocast: Callab
     tb = batch["t"].view(-1, 1, 1, 1)
     x_t = (1 - tb) * batch["x0"] + tb * batch["noise"]
     with autocast():
-        velocity = model(x_t, batch["t"], batch["text"], batch["mask"])[0]
+        velocity = model(x_t, batch["t"], batch["text"], batch.get("mask"))[0]
     model.train(was_training)
     return float(F.mse_loss(velocity.float(), (batch["noise"] - batch["x0"]).float()))

@@ -3,9 +3,10 @@
 The frozen text encoder (Qwen3-VL-8B over 256 tokens at production: ~2.6x the XL step at 256 px) would otherwise
 run on every step for prompts it has seen before. Per shard, one file holds `{prompt text: float16 states [L, D]}`
 for every text the loader can draw from that shard (each enabled variant of each row, after the empty-caption
-fallback). Its name is keyed by the encoder and its settings (name, fused layers, max length, width) and by the
-texts themselves, not by the shard's bytes: a new shard file with the same captions (a re-shard, the next
-curriculum stage's shards grouping the same samples) finds it, a changed caption or another encoder does not.
+fallback). Its name (`text-states-<hash>.pt`) is a hash of the encoder and its settings (name, fused layers, max
+length, width) and of those texts, not of the shard's name or bytes: in a shared `cache_dir`, another shard file with
+the same captions (a re-shard, a stage's shards grouping the same samples) finds it; a changed caption or another
+encoder does not.
 
 Files live beside each local shard, in `cache_dir`, or under `<tmp>/atelier-text-states` for URI shards (as the
 latent cache does). They are written to a temporary name and renamed: ranks that build the same file race safely.
@@ -19,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,9 +82,8 @@ class TextStateCache:
             for text in texts:
                 digest.update(text.encode())
                 digest.update(b"\0")
-            name = posixpath.basename(shard.rstrip("/")) if is_uri(shard) else Path(shard).name
             base = self.cache_dir or (DEFAULT_URI_CACHE_DIR if is_uri(shard) else Path(shard).parent)
-            self._paths[shard] = base / f"{name}.text-{digest.hexdigest()[:16]}.pt"
+            self._paths[shard] = base / f"text-states-{digest.hexdigest()[:24]}.pt"
         return self._paths[shard]
 
     def build(self, shards: Sequence[str]) -> None:

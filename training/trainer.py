@@ -67,6 +67,7 @@ from training.data import ShardDataset, list_shards
 from training.evaluation import EVAL_IMAGES, EVAL_SEED, eval_loss, fixed_eval_batch
 from training.loader import batch_loader
 from training.model import DiT, IREPAProjector, count_parameters, irepa_loss
+from training.runtime import FixedTexts, PhaseTimer, dist_rank_world, sample_timesteps, step_seed, train_device
 from training.teacher import TeacherCache, load_teacher
 from training.text import load_text_encoder
 from training.text_cache import TextStateCache, encoder_key
@@ -113,33 +114,6 @@ class TrainModule(nn.Module):
         return velocity, self.projector(grid) if self.projector is not None else None
 
 
-def sample_timesteps(n: int, mean: float, std: float, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logit-normal times in (0, 1): sigmoid(N(mean, std²)), drawn on `device`."""
-    return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Seed of every random draw of one step of one rank (a resumed run redraws exactly the same)."""
-    return (seed * 1_000_003 + rank * 7919) * 1_000_033 + step
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _device(train_cfg: TrainConfig) -> torch.device:
-    if train_cfg.use_gpu and torch.cuda.is_available():
-        if "LOCAL_RANK" in os.environ and not (dist.is_available() and dist.is_initialized()):
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        return torch.device("cuda", torch.cuda.current_device())
-    if train_cfg.use_gpu:
-        log.warning("use_gpu=True but CUDA is not available: training on CPU")
-    return torch.device("cpu")
-
-
 def _check_same_model(saved: dict[str, Any], model_cfg: ModelConfig, path: str | os.PathLike) -> None:
     current = asdict(model_cfg)
     diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
@@ -156,59 +130,14 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-PHASES = ("data", "text", "forward", "backward", "optimizer", "ema")
-"""Parts of a step timed by `train(..., profile=True)` (metrics keys `time_<phase>`, seconds per step)."""
-
-
-class _Phases:
-    """Wall time per step phase; synchronises the device at each boundary, so only for profiling runs."""
-
-    def __init__(self, device: torch.device, enabled: bool) -> None:
-        self.enabled = enabled
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        self.totals = dict.fromkeys(PHASES, 0.0)
-        self.last = 0.0
-
-    def start(self) -> None:
-        if self.enabled:
-            self.sync()
-            self.last = time.perf_counter()
-
-    def mark(self, phase: str) -> None:
-        if self.enabled:
-            self.sync()
-            now = time.perf_counter()
-            self.totals[phase] += now - self.last
-            self.last = now
-
-    def pop(self, steps: int) -> dict[str, float]:
-        if not self.enabled:
-            return {}
-        out = {f"time_{k}": v / steps for k, v in self.totals.items()}
-        self.totals = dict.fromkeys(PHASES, 0.0)
-        return out
-
-
-class _Texts:
-    """Fixed prompts' states computed before the text encoder is freed (for the end-of-stage preview)."""
-
-    def __init__(self, encoder: Any, prompts: Sequence[str]) -> None:
-        self.dim = encoder.dim
-        states, mask = encoder.encode(list(prompts))
-        self._rows = {p: (states[i].cpu(), mask[i].cpu()) for i, p in enumerate(prompts)}
-
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self._rows[p] for p in prompts]
-        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
-
-
 def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] | str, out_dir: str | os.PathLike,
          resume: bool, init_from: str | os.PathLike | None, log_fn: Callable[[str], None],
          on_checkpoint: Callable[[int], None] | None = None, profile: bool = False) -> TrainResult:
-    rank, world = _dist()
+    rank, world = dist_rank_world()
     is_main = rank == 0
-    sharded = world > 1 and train_cfg.strategy == "fsdp"
-    device = _device(train_cfg)
+    # FSDP whenever a process group exists, even of one process (FSDP on 1 device); DDP only with a peer
+    sharded = dist.is_available() and dist.is_initialized() and train_cfg.strategy == "fsdp"
+    device = train_device(train_cfg)
     out = Path(out_dir)
     ckpt_path, metrics_path = out / CHECKPOINT_NAME, out / METRICS_NAME
     if is_main:
@@ -334,7 +263,7 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
             ShardDataset(all_shards, EVAL_IMAGES, train_cfg.prompt_length_distribution, seed=EVAL_SEED,
                          stage_size=train_cfg.stage_size, multiple=multiple),
             text_encoder, latent_cache, device, train_cfg.logit_normal_mean, train_cfg.logit_normal_std)
-    preview_texts = _Texts(text_encoder, train_cfg.preview_prompts) if train_cfg.preview_prompts else None
+    preview_texts = FixedTexts(text_encoder, train_cfg.preview_prompts) if train_cfg.preview_prompts else None
     del text_encoder, text_cache.encoder  # every state the stage needs is cached: free the encoder's memory
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -348,7 +277,8 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
     if is_main:
         truncate_metrics(metrics_path, start_step)
         log_fn(f"DiT {params / 1e6:.2f}M params, stage {train_cfg.stage_size}px, steps {start_step}->"
-               f"{train_cfg.steps}, world {world} ({train_cfg.strategy if world > 1 else 'single'}), device "
+               f"{train_cfg.steps}, world {world} ({train_cfg.strategy if world > 1 or sharded else 'single'}), "
+               f"device "
                f"{device}, text {text_name} (states of {text_cache.built} shard(s) encoded, {text_cache.reused} "
                f"cached), teacher {getattr(teacher, 'name', None)}, space {train_cfg.space}, loader workers "
                f"{train_cfg.loader_workers}")
@@ -356,7 +286,7 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
     batches = iter(batch_loader(dataset, skip=skip, workers=train_cfg.loader_workers,
                                 pin_memory=device.type == "cuda", prefetch=train_cfg.loader_prefetch))
     device_gen, host_gen = torch.Generator(device=device), torch.Generator()
-    phases = _Phases(device, profile)
+    phases = PhaseTimer(device, profile)
     sums = torch.zeros(4, device=device)  # loss, loss_fm, loss_repa, grad_norm of the window
     no_norm = torch.full((), math.nan, device=device)
     window_steps, window_samples, window_start = 0, 0, time.perf_counter()
@@ -441,7 +371,7 @@ def _run(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] |
             sums.zero_()
             window_steps, window_samples, window_start = 0, 0, time.perf_counter()
         if step % train_cfg.checkpoint_every == 0 or step == train_cfg.steps:
-            _save(out, module, ema, optimizer, step, model_cfg, train_cfg, world, is_main, params)
+            _save(out, module, ema, optimizer, step, model_cfg, train_cfg, world, is_main, params, sharded)
             if is_main and on_checkpoint is not None:
                 on_checkpoint(step)
     run_seconds = time.perf_counter() - run_start
@@ -481,8 +411,8 @@ def _preview_size(stage_size: int, multiple: int) -> tuple[int, int]:
 
 
 def _save(out: Path, module: TrainModule, ema: DiT, optimizer: torch.optim.Optimizer, step: int,
-          model_cfg: ModelConfig, train_cfg: TrainConfig, world: int, is_main: bool, params: int) -> None:
-    sharded = world > 1 and train_cfg.strategy == "fsdp"
+          model_cfg: ModelConfig, train_cfg: TrainConfig, world: int, is_main: bool, params: int,
+          sharded: bool) -> None:
     if is_main or sharded:  # under FSDP every rank takes part in the gathers; under DDP rank 0 holds it all
         state = {"model": full_state(module.dit), "ema": full_state(ema),
                  "projector": full_state(module.projector) if module.projector is not None else {},
@@ -512,8 +442,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: Sequence[str] 
         log: progress callback (e.g. a Dagster `context.log.info`); default: this module's logger.
         on_checkpoint: called with the step on rank 0 right after each checkpoint.pt (and its metrics lines) is
             written; a copy to remote storage taken then is a consistent resume point.
-        profile: time each step's phases (`PHASES`; metrics keys `time_<phase>`), synchronising the device at every
-            boundary: for benchmarks, not for production runs.
+        profile: time each step's phases (`training.runtime.PHASES`; metrics keys `time_<phase>`), synchronising
+            the device at every boundary: for benchmarks, not for production runs.
 
     Returns:
         The TrainResult of the stage.
