@@ -32,10 +32,12 @@ from orchestration.resources import StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "dit_checkpoint"
-DIT_CODE_VERSION = "dit-1"
+DIT_CODE_VERSION = "dit-2"
 INPUTS_MARKER = "_inputs.json"
-STATE_FILES = ("checkpoint.pt", "metrics.jsonl", "samples.png")
-RESUMABLE_FIELDS = ("steps", "log_every", "checkpoint_every", "preview_prompts", "preview_steps", "preview_cfg_scale")
+STATE_FILES = ("checkpoint.pt", "checkpoint.json", "metrics.jsonl", "samples.png")
+# Not part of what the weights depend on: the step count, cadences, previews, the loader and cache settings.
+RESUMABLE_FIELDS = ("steps", "log_every", "checkpoint_every", "preview_prompts", "preview_steps", "preview_cfg_scale",
+                    "loader_workers", "loader_prefetch", "text_cache_dir")
 
 
 class DitCheckpointConfig(dg.Config):
@@ -51,6 +53,7 @@ class DitCheckpointConfig(dg.Config):
     checkpoint_every: int | None = Field(default=None, description="Steps between checkpoints (a killed run "
                                                                    "resumes from the last one).")
     num_workers: int | None = Field(default=None, description="Ray Train workers (one process each).")
+    strategy: str | None = Field(default=None, description="Data parallelism with several workers: ddp or fsdp.")
     use_gpu: bool | None = Field(default=None, description="One GPU per Ray Train worker.")
     text_encoder: str | None = Field(default=None, description="minilm (bundled) or a local model directory.")
     teacher: str | None = Field(default=None, description="iREPA teacher: embedded, none or a local directory.")
@@ -66,7 +69,8 @@ class DitCheckpointConfig(dg.Config):
         overrides = {k: v for k, v in {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
                                        "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
                                        "num_workers": self.num_workers, "use_gpu": self.use_gpu,
-                                       "text_encoder": self.text_encoder, "teacher": self.teacher}.items()
+                                       "strategy": self.strategy, "text_encoder": self.text_encoder,
+                                       "teacher": self.teacher}.items()
                      if v is not None}
         return model_config(self.model_size), replace(known[name], **overrides), name
 
@@ -110,19 +114,34 @@ def _delete(store: TableStore, path: str) -> None:
         store.fs.delete_file(path)
 
 
-def _checkpoint_summary(store: TableStore, path: str) -> dict:
-    """`step` and `model_config` of the stored checkpoint (loaded with weights_only=True)."""
-    from orchestration.train_sync import download
-    from training.trainer import load_checkpoint
+def _checkpoint_summary(store: TableStore, path: str, reused: bool) -> dict:
+    """`step`, `model_config_hash` and `source` of the stored checkpoint.
 
-    if "://" not in store.root:
-        ckpt = load_checkpoint(path)
-    else:  # streamed to a local file: a large checkpoint is never held twice in memory
-        with tempfile.TemporaryDirectory(prefix="atelier-check-") as tmp:
+    A reused stage reads `checkpoint.json` (written after the checkpoint by the trainer, uploaded after it) and only
+    compares its size with the stored file's: no multi-GB download. A freshly trained stage loads the checkpoint
+    itself (weights_only=True) and checks it against its summary's SHA-256.
+    """
+    from orchestration.train_sync import download
+    from training.checkpoint import SUMMARY_NAME, config_hash, file_sha256, load_checkpoint
+
+    summary = store.read_json(posixpath.join(posixpath.dirname(path), SUMMARY_NAME))
+    if reused and summary is not None:
+        size = store.fs.get_file_info(path).size
+        if size != summary["bytes"]:
+            return {"step": -1, "model_config_hash": None, "source": f"summary of {summary['bytes']} bytes, "
+                                                                      f"stored checkpoint {size} bytes"}
+        return {"step": int(summary["step"]), "model_config_hash": summary["model_config_hash"],
+                "source": "checkpoint.json"}
+    with tempfile.TemporaryDirectory(prefix="atelier-check-") as tmp:
+        local = Path(path)
+        if "://" in store.root:  # streamed to a local file: a large checkpoint is never held twice in memory
             local = Path(tmp) / "checkpoint.pt"
             download(store, path, local)
-            ckpt = load_checkpoint(local)
-    return {"step": int(ckpt["step"]), "model_config": ckpt["model_config"]}
+        ckpt = load_checkpoint(local)
+        if summary is not None and summary["sha256"] != file_sha256(local):
+            return {"step": -1, "model_config_hash": None, "source": "checkpoint.pt differs from its summary"}
+    return {"step": int(ckpt["step"]), "model_config_hash": config_hash(ckpt["model_config"]),
+            "source": "checkpoint.pt"}
 
 
 def _require_gpus(train_cfg) -> None:
@@ -186,6 +205,7 @@ def _inputs(store: TableStore, stage: str) -> tuple[list[str], int, str | None, 
 
 def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) -> dg.MaterializeResult:
     from orchestration.ray_train import run_ray_train
+    from training.checkpoint import config_hash
 
     out = store.dir(ASSET, stage)  # inside the store's filesystem; store.uri() for what leaves this function
 
@@ -226,15 +246,15 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
 
     records = read_metrics(store, at("metrics.jsonl"))
     fell, first, last = loss_fell(records)
-    ckpt = _checkpoint_summary(store, at("checkpoint.pt"))
+    ckpt = _checkpoint_summary(store, at("checkpoint.pt"), reused)
     steps_logged = [r["step"] for r in records]
     checks = [
         # a warning, not an error: a later stage that starts from a converged checkpoint may legitimately plateau
         dg.AssetCheckResult(check_name="loss_falls", passed=fell, severity=dg.AssetCheckSeverity.WARN,
                             metadata={"first_loss": first, "last_loss": last}),
         dg.AssetCheckResult(check_name="checkpoint_loads", passed=int(ckpt["step"]) == train_cfg.steps
-                            and ckpt["model_config"] == asdict(model_cfg),
-                            metadata={"step": int(ckpt["step"])}),
+                            and ckpt["model_config_hash"] == config_hash(model_cfg),
+                            metadata={"step": int(ckpt["step"]), "checked": ckpt["source"]}),
         dg.AssetCheckResult(check_name="metrics_complete",
                             passed=bool(steps_logged) and steps_logged == sorted(set(steps_logged))
                             and steps_logged[-1] == train_cfg.steps,
@@ -263,6 +283,7 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
         "loss_measure": "fixed-batch eval loss (EMA), stage start -> last fifth"
         if any("eval_loss" in r for r in records) else "training-window loss, first window -> last fifth",
         "samples_per_second": round(float(result["samples_per_second"] or 0.0), 2), "trained_rows": rows,
+        "workers": train_cfg.num_workers, "strategy": train_cfg.strategy if train_cfg.num_workers > 1 else "single",
         "shards": len(shards), "init_from": init_from or "scratch", "reused": reused,
         "loss_curve": dg.MetadataValue.md(png_markdown(loss_curve_plot(curves, f"DiT loss, stages up to {stage}"),
                                                        "loss curve")),

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestration.storage import TableStore
+from training.checkpoint import CHECKPOINT_NAME, METRICS_NAME, SAMPLES_NAME, SUMMARY_NAME
 from training.data import is_uri
-from training.trainer import CHECKPOINT_NAME, METRICS_NAME, SAMPLES_NAME
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class StageSync:
             return None
         return str(fetch(init_from, self.local / INIT_NAME))
 
-    def push(self, names: tuple[str, ...] = (METRICS_NAME, CHECKPOINT_NAME)) -> list[str]:
+    def push(self, names: tuple[str, ...] = (METRICS_NAME, CHECKPOINT_NAME, SUMMARY_NAME)) -> list[str]:
         """Upload, in this order, the named local files that differ from what the URI holds (rank 0 only);
         returns the names uploaded."""
         if self.rank != 0:
@@ -171,7 +171,7 @@ class StageSync:
         """Upload the final state and samples.png; the TrainResult dict with the URIs in place of local paths."""
         if self.rank != 0:
             return result
-        self.push((METRICS_NAME, CHECKPOINT_NAME, SAMPLES_NAME))
+        self.push((METRICS_NAME, CHECKPOINT_NAME, SUMMARY_NAME, SAMPLES_NAME))
         return {**result, "metrics_path": self.remote(METRICS_NAME), "checkpoint_path": self.remote(CHECKPOINT_NAME),
                 "preview_path": self.remote(SAMPLES_NAME) if result.get("preview_path") else None}
 

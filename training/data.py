@@ -21,7 +21,7 @@ import io
 import logging
 import os
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +36,7 @@ from training.config import PROMPT_VARIANTS
 
 log = logging.getLogger(__name__)
 
-_META_COLUMNS = ["sample_id", "bucket", "sample_weight", "caption_tags", "caption_short", "caption_medium",
+META_COLUMNS = ["sample_id", "bucket", "sample_weight", "caption_tags", "caption_short", "caption_medium",
                  "caption_long"]
 
 
@@ -116,11 +116,12 @@ def list_shards(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike]) -
     return sorted(dict.fromkeys(out))
 
 
-def shard_rank_split(paths: Sequence[str], rank: int, world_size: int) -> list[str]:
-    """The shards of one data-parallel rank: every `world_size`-th shard of the sorted list, starting at `rank`.
+def rank_share(paths: Sequence[str], rank: int, world_size: int) -> tuple[list[str], int, int]:
+    """What one data-parallel rank reads: (its shards, row offset, row stride).
 
-    With fewer shards than ranks, ranks share shards (rank r reads shard r mod n) so that no rank is idle; their
-    batches still differ because each rank seeds its sampler differently.
+    Every `world_size`-th shard of the sorted list, starting at `rank`, with all their rows (offset 0, stride 1).
+    With fewer shards than ranks, every rank opens every shard and keeps the rows whose index is `rank` modulo
+    `world_size`, so that the ranks' shares stay disjoint (each sample once per epoch across ranks) and none is idle.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -128,9 +129,10 @@ def shard_rank_split(paths: Sequence[str], rank: int, world_size: int) -> list[s
     if not paths:
         raise ValueError("no shards to split")
     if len(paths) < world_size:
-        log.warning("%d shards for %d ranks: ranks share shards", len(paths), world_size)
-        return [paths[rank % len(paths)]]
-    return paths[rank::world_size]
+        log.info("%d shards for %d ranks: each rank reads every %d-th row of every shard", len(paths), world_size,
+                 world_size)
+        return paths, rank, world_size
+    return paths[rank::world_size], 0, 1
 
 
 def parse_bucket(bucket: str) -> tuple[int, int]:
@@ -178,27 +180,97 @@ def decode_image(data: bytes, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
+def pad_text_states(states: Sequence[torch.Tensor], dim: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Per-prompt token states [L_i, dim] -> (states [B, L, dim] float32, mask [B, L] bool, any padding)."""
+    length = max((s.shape[0] for s in states), default=0)
+    out = torch.zeros(len(states), length, dim)
+    mask = torch.zeros(len(states), length, dtype=torch.bool)
+    for i, s in enumerate(states):
+        out[i, : s.shape[0]] = s
+        mask[i, : s.shape[0]] = True
+    return out, mask, any(s.shape[0] < length for s in states)
+
+
+def decode_batch(raw: dict[str, Any]) -> dict[str, Any]:
+    """A planned batch (`ShardDataset.plan`) -> dict(images [B,3,H,W] in [-1,1], prompts, sample_ids, bucket, and,
+    when the plan carries cached text states, text [B,L,D], text_mask [B,L] bool, text_padded)."""
+    w, h = raw["size"]
+    batch = {"images": torch.stack([decode_image(data, (w, h)) for data in raw["images"]]),
+             "prompts": raw["prompts"], "sample_ids": raw["sample_ids"], "bucket": f"{w}x{h}"}
+    if raw.get("text") is not None:
+        batch["text"], batch["text_mask"], batch["text_padded"] = pad_text_states(raw["text"], raw["text_dim"])
+    return batch
+
+
+class _Shard:
+    """One shard's image column and cached text states, each read on first use (a skipped batch reads neither)."""
+
+    def __init__(self, path: str, text_states: Callable[[str], dict[str, torch.Tensor]] | None) -> None:
+        self.path = path
+        self._images: pa.ChunkedArray | None = None
+        self._text_loader = text_states
+        self._text: dict[str, torch.Tensor] | None = None
+
+    def image(self, row: int) -> bytes:
+        if self._images is None:
+            self._images = read_shard(self.path, columns=["image"]).column("image")
+        return self._images[row].as_py()
+
+    def text(self, prompt: str) -> torch.Tensor:
+        if self._text is None:
+            self._text = self._text_loader(self.path)
+        try:
+            return self._text[prompt]
+        except KeyError as exc:
+            raise KeyError(f"text state cache of {self.path} lacks the prompt {prompt!r}: rebuild the cache") from exc
+
+
+class _Kept:
+    """One row's image bytes and text states, taken out of its `_Shard` so that the shard can be freed."""
+
+    def __init__(self, shard: _Shard, row: int, prompt: str) -> None:
+        self._image = shard.image(row)
+        self._text = shard.text(prompt) if shard._text_loader is not None else None
+
+    def image(self, row: int) -> bytes:
+        return self._image
+
+    def text(self, prompt: str) -> torch.Tensor:
+        return self._text
+
+
 class ShardDataset:
     """Iterable of same-bucket batches: dict(images [B,3,H,W] in [-1,1], prompts, sample_ids, bucket).
+
+    `plan()` yields the same batches undecoded (image bytes, target size, prompts), so that decoding can run in
+    loader workers (`training.loader.batch_loader`) and a resumed run can skip the batches it already trained on
+    without reading or decoding their images.
 
     Args:
         paths_or_dir: shard files and/or directories, local or URIs (see `list_shards`).
         batch_size: rows per batch.
         prompt_length_distribution: probability per prompt variant (`tags`, `short`, `medium`, `long`).
         seed: fixes shard order, row draws and prompt choices.
-        weighted: draw rows in proportion to `sample_weight` (with replacement) instead of a permutation.
+        weighted: draw rows in proportion to `sample_weight` (with replacement) instead of a permutation; equal
+            weights in a shard are a permutation either way (every row once per epoch).
         shuffle: shuffle shards and rows; False reads shards and rows in order (weights then ignored).
         epochs: passes over the shards; None = forever.
         stage_size: rescale each bucket to an area of about stage_size² (0 = keep the shard's size).
         multiple: output sides are multiples of this (patch size x VAE factor).
         drop_last: drop each bucket's incomplete batch at the end of the last epoch.
+        rank: this data-parallel rank; it reads only its share (`rank_share`).
+        world_size: number of data-parallel ranks.
+        text_states: shard path -> {prompt: token states [L, D]} (a `TextStateCache.load`); the plan then carries
+            each prompt's states and `decode_batch` pads them.
+        text_dim: width of those states.
     """
 
     def __init__(self, paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int,
                  prompt_length_distribution: dict[str, float] | None = None, seed: int = 0, weighted: bool = True,
                  shuffle: bool = True, epochs: int | None = None, stage_size: int = 0, multiple: int = 1,
-                 drop_last: bool = False) -> None:
-        self.paths = list_shards(paths_or_dir)
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 text_states: Callable[[str], dict[str, torch.Tensor]] | None = None, text_dim: int = 0) -> None:
+        self.paths, self.row_offset, self.row_stride = rank_share(list_shards(paths_or_dir), rank, world_size)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.batch_size = batch_size
@@ -216,26 +288,39 @@ class ShardDataset:
         self.stage_size = stage_size
         self.multiple = multiple
         self.drop_last = drop_last
+        self.text_states = text_states
+        self.text_dim = text_dim
 
     def _rows(self, rng: np.random.Generator, table_meta: dict[str, list[Any]]) -> np.ndarray:
-        n = len(table_meta["sample_id"])
+        mine = np.arange(self.row_offset, len(table_meta["sample_id"]), self.row_stride)
         if not self.shuffle:
-            return np.arange(n)
+            return mine
         if not self.weighted:
-            return rng.permutation(n)
-        weights = np.nan_to_num(np.asarray(table_meta["sample_weight"], dtype=np.float64), nan=0.0).clip(min=0)
+            return rng.permutation(mine)
+        weights = np.nan_to_num(np.asarray(table_meta["sample_weight"], dtype=np.float64)[mine], nan=0.0).clip(min=0)
         if weights.sum() <= 0:
             return np.empty(0, dtype=np.int64)
-        return rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+        if weights.min() == weights.max():  # uniform: a permutation has the same law and visits each row once
+            return rng.permutation(mine)
+        return rng.choice(mine, size=mine.size, replace=True, p=weights / weights.sum())
 
-    def _batch(self, rows: list[dict[str, Any]], bucket: str) -> dict[str, Any]:
+    def _raw(self, rows: list[tuple[_Shard, int, str, str]], bucket: str) -> dict[str, Any]:
         w, h = target_size(*parse_bucket(bucket), self.stage_size, self.multiple)
-        return {"images": torch.stack([decode_image(r["image"], (w, h)) for r in rows]),
-                "prompts": [r["prompt"] for r in rows], "sample_ids": [r["sample_id"] for r in rows],
-                "bucket": f"{w}x{h}"}
+        raw = {"images": [shard.image(row) for shard, row, _, _ in rows], "size": (w, h),
+               "prompts": [prompt for _, _, prompt, _ in rows], "sample_ids": [sid for _, _, _, sid in rows],
+               "text": None, "text_dim": self.text_dim}
+        if self.text_states is not None:
+            raw["text"] = [shard.text(prompt) for shard, _, prompt, _ in rows]
+        return raw
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        pending: dict[str, list[dict[str, Any]]] = {}
+    def plan(self, skip: int = 0) -> Iterator[dict[str, Any]]:
+        """The batches undecoded (see `decode_batch`), after skipping the first `skip` of them.
+
+        Skipped batches are drawn exactly as they would be (same random stream), but their image bytes and text
+        states are never read: a resumed run continues the stream where its checkpoint left it.
+        """
+        pending: dict[str, list[tuple[_Shard, int, str, str]]] = {}
+        emitted = 0
         epoch = 0
         while self.epochs is None or epoch < self.epochs:
             rng = np.random.default_rng([self.seed, epoch])
@@ -243,24 +328,36 @@ class ShardDataset:
             drawn = 0
             for shard_index in order:
                 path = self.paths[int(shard_index)]
-                meta = read_shard(path, columns=_META_COLUMNS).to_pydict()
+                meta = read_shard(path, columns=META_COLUMNS).to_pydict()
                 rows = self._rows(rng, meta)
                 if rows.size == 0:
                     continue
                 drawn += int(rows.size)
                 variants = rng.choice(len(self.variants), size=rows.size, p=self.variant_probs)
-                images = read_shard(path, columns=["image"]).column("image")
+                shard = _Shard(path, self.text_states)
                 for row, variant in zip(rows.tolist(), variants.tolist(), strict=True):
                     captions = {v: meta[f"caption_{v}"][row] for v in PROMPT_VARIANTS}
                     bucket = meta["bucket"][row]
-                    pending.setdefault(bucket, []).append({
-                        "sample_id": meta["sample_id"][row], "image": images[row].as_py(),
-                        "prompt": choose_prompt(captions, self.variants[variant])})
+                    pending.setdefault(bucket, []).append(
+                        (shard, row, choose_prompt(captions, self.variants[variant]), meta["sample_id"][row]))
                     if len(pending[bucket]) == self.batch_size:
-                        yield self._batch(pending.pop(bucket), bucket)
+                        rows_of_batch = pending.pop(bucket)
+                        emitted += 1
+                        if emitted > skip:
+                            yield self._raw(rows_of_batch, bucket)
+                if emitted >= skip:  # rows left waiting keep their bytes, not the shard's whole image column
+                    for bucket, waiting in pending.items():
+                        pending[bucket] = [(_Kept(s, r, p), r, p, sid) if s is shard else (s, r, p, sid)
+                                           for s, r, p, sid in waiting]
             if drawn == 0:
                 raise ValueError(f"no trainable rows in {len(self.paths)} shard(s) (all empty or zero weight)")
             epoch += 1
         if not self.drop_last:
             for bucket in sorted(pending):
-                yield self._batch(pending[bucket], bucket)
+                emitted += 1
+                if emitted > skip:
+                    yield self._raw(pending[bucket], bucket)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for raw in self.plan():
+            yield decode_batch(raw)

@@ -197,7 +197,8 @@ class DiT(nn.Module):
             x_t: noisy signal [B, C, H, W], H and W multiples of the patch size.
             t: times [B] in [0, 1] (1 = pure noise).
             text_tokens: text encoder states [B, L, text_dim] (None or L = 0: unconditional).
-            text_mask: [B, L] bool, True for real tokens; padded (False) tokens are never attended to.
+            text_mask: [B, L] bool, True for real tokens; padded (False) tokens are never attended to. None:
+                every text token is real (no mask at all in attention).
 
         Returns:
             (velocity [B, C, H, W], image tokens after block `repa_depth` as a grid [B, D, H/p, W/p]).
@@ -209,13 +210,13 @@ class DiT(nn.Module):
         if text_tokens is None:
             text_tokens = x_t.new_zeros(b, 0, cfg.text_dim)
         n_text = text_tokens.shape[1]
-        if text_mask is None:
-            text_mask = torch.ones(b, n_text, dtype=torch.bool, device=x_t.device)
         txt = self.text_proj(text_tokens.to(img.dtype))  # [B, L, D]
         seq = torch.cat([txt, img], dim=1)  # [B, L+N, D]
-        key_mask = torch.cat([text_mask.bool(), text_mask.new_ones(b, h * w, dtype=torch.bool)], dim=1)
-        if bool(key_mask.all()):
-            key_mask = None  # lets SDPA use its fastest kernel
+        # No mask (the caller knows when nothing is padded or dropped, without a device sync) lets SDPA pick its
+        # flash kernel; a mask sends it to the memory-efficient one, still fused.
+        key_mask = None
+        if text_mask is not None:
+            key_mask = torch.cat([text_mask.bool(), text_mask.new_ones(b, h * w, dtype=torch.bool)], dim=1)
         angles = torch.cat([torch.zeros(n_text, cfg.head_dim // 2, device=x_t.device),  # text: no rotation
                             image_grid_angles(h, w, cfg.head_dim, cfg.rope_theta, x_t.device)])
         t_emb = self.time_mlp(timestep_features(t, cfg.time_freq_dim).to(img.dtype))  # [B, D]

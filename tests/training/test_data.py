@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.training.shards import write_shard, write_shard_dir
-from training.data import ShardDataset, choose_prompt, list_shards, shard_rank_split, target_size
+from training.data import ShardDataset, choose_prompt, list_shards, rank_share, target_size
 
 
 @pytest.fixture
@@ -84,8 +84,9 @@ def test_list_shards_and_rank_split(shard_dir, tmp_path):
     paths = list_shards(shard_dir)
     assert [p.rsplit("/", 1)[1] for p in paths] == ["part-00000.parquet", "part-00001.parquet"]
     four = [f"part-{i:05d}.parquet" for i in range(5)]
-    splits = [shard_rank_split(four, r, 2) for r in range(2)]
-    assert sorted(splits[0] + splits[1]) == four and not set(splits[0]) & set(splits[1])
-    assert shard_rank_split(four[:1], 1, 2) == four[:1]
+    splits = [rank_share(four, r, 2) for r in range(2)]
+    assert sorted(splits[0][0] + splits[1][0]) == four and not set(splits[0][0]) & set(splits[1][0])
+    assert all(s[1:] == (0, 1) for s in splits)  # whole shards
+    assert rank_share(four[:1], 1, 2) == (four[:1], 1, 2)  # fewer shards than ranks: every other row
     with pytest.raises(FileNotFoundError):
         list_shards(tmp_path / "missing")
