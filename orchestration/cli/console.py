@@ -35,10 +35,16 @@ def log_path_for(storage: str, command: str) -> str:
     return os.path.join(folder, name)
 
 
+_FAILURE_EVENTS = re.compile(r"\b(STEP_FAILURE|RUN_FAILURE|ASSET_FAILED)\b")
+
+
 def warning_of(line: str) -> str | None:
-    """The message of a Dagster WARNING/ERROR line (what the user must see), else None."""
+    """The message of a Dagster WARNING/ERROR line (what the user must see), else None. Failure events are left
+    out: the command's own FAILED lines name them, with their root cause."""
     match = _DAGSTER_LINE.search(line)
-    return f"{match.group(1).lower()}: {match.group(2).strip()}" if match else None
+    if not match or _FAILURE_EVENTS.search(match.group(2)):
+        return None
+    return f"{match.group(1).lower()}: {match.group(2).strip()}"
 
 
 class Terminal:
@@ -53,6 +59,8 @@ class Terminal:
         self._live: Any = None
         self._lines: dict[str, str] = {}
         self._last_print: dict[str, float] = {}
+        self.drain: Callable[[], Any] = lambda: None
+        """Wait until the captured output so far has been forwarded (set while capturing)."""
         if self.is_tty:
             try:
                 from rich.console import Console
@@ -124,23 +132,46 @@ def _user_stream() -> tuple[IO[str], int | None]:
     return sys.stdout, None
 
 
-def _tail(path: str, offset: int, forward: Callable[[str], None], stop: threading.Event) -> None:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        pending = b""
-        while True:
-            chunk = f.read(1 << 16)
-            if chunk:
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    forward(raw.decode("utf-8", errors="replace").rstrip("\r"))
-                continue
-            if stop.is_set():
-                break
-            time.sleep(0.2)
-        if pending:
-            forward(pending.decode("utf-8", errors="replace"))
+class _Tail(threading.Thread):
+    """Forwards the lines appended to the log file; `drain()` waits until what is written so far was forwarded."""
+
+    def __init__(self, path: str, offset: int, forward: Callable[[str], None]) -> None:
+        super().__init__(name="curate-log-tail", daemon=True)
+        self.path, self.offset, self.forward = path, offset, forward
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            pending = b""
+            while True:
+                chunk = f.read(1 << 16)
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for raw in lines:
+                        self.forward(raw.decode("utf-8", errors="replace").rstrip("\r"))
+                    self.offset += len(chunk)
+                    continue
+                if self.stopping.is_set():
+                    break
+                time.sleep(0.1)
+            if pending:
+                self.forward(pending.decode("utf-8", errors="replace"))
+
+    def drain(self, timeout_s: float = 3.0) -> None:
+        end = os.path.getsize(self.path)
+        deadline = time.monotonic() + timeout_s
+        while self.offset < end and self.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _flush(*streams: Any) -> None:
+    for s in streams:
+        try:
+            s.flush()
+        except (OSError, ValueError):
+            pass
 
 
 @contextmanager
@@ -171,15 +202,14 @@ def captured(log_path: str, verbose: bool = False, every_s: float = 5.0):
         if message:
             terminal.print(message if len(message) <= 300 else message[:297] + "...")
 
-    stop = threading.Event()
-    tail = threading.Thread(target=_tail, args=(log_path, offset, forward, stop), name="curate-log-tail",
-                            daemon=True)
+    tail = _Tail(log_path, offset, forward)
     try:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         sys.stdout = sys.stderr = log_text
         tail.start()
         terminal.start()
+        terminal.drain = lambda: (_flush(sys.stdout, sys.stderr), tail.drain())
         yield terminal
     finally:
         for s in (sys.stdout, sys.stderr):
@@ -191,7 +221,7 @@ def captured(log_path: str, verbose: bool = False, every_s: float = 5.0):
         for fd, copy in saved.items():
             os.dup2(copy, fd)
             os.close(copy)
-        stop.set()
+        tail.stopping.set()
         tail.join(timeout=5)
         terminal.stop()
         log_text.close()

@@ -50,8 +50,11 @@ def failures(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in summaries if s.get("failed")]
 
 
-def prepare(sources: list[str], storage: str, select: str | None):
+def prepare(sources: list[str], storage: str, select: str | None, register: bool = True):
     """Register the drops and resolve the selection: (instance, graph, selected keys, drop keys).
+
+    Args:
+        register: False for a dry run: nothing is written (neither the source registry nor Dagster partitions).
 
     Raises:
         UsageError: a drop that does not exist, no drops at all, or a selection that matches no asset.
@@ -67,13 +70,15 @@ def prepare(sources: list[str], storage: str, select: str | None):
         if "://" not in source and not Path(source).exists():
             raise UsageError(f"source drop not found: {source}")
     store = TableStore(storage)
-    instance = _instance(storage)
-    for source in sources:
-        store.register_source(drop_key(source), canonical_uri(source))
+    fresh = "://" not in storage and not os.environ.get("DAGSTER_HOME") and not (Path(storage) / ".dagster").is_dir()
+    instance = dg.DagsterInstance.ephemeral() if fresh and not register else _instance(storage)
+    if register:
+        for source in sources:
+            store.register_source(drop_key(source), canonical_uri(source))
     keys = [drop_key(s) for s in sources] if sources else list(store.registered_sources())
     if not keys:
         raise UsageError(f"no source drops: pass --source PATH (none are registered under {storage})")
-    for key in keys:
+    for key in keys if register else ():
         if not instance.has_dynamic_partition(source_drops.name, key):
             instance.add_dynamic_partitions(source_drops.name, [key])
     graph = defs.resolve_asset_graph()
@@ -185,6 +190,8 @@ def failure_message(result) -> str:
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             error = getattr(event.event_specific_data, "error", None)
+            while error is not None and error.cause is not None:  # Dagster's wrappers first, the user's error last
+                error = error.cause
             text = (error.message if error is not None else event.message or "").strip().splitlines()
             return f"{event.step_key}: {text[0] if text else 'failed'}"[:400]
     failure = next((e for e in result.all_events if e.is_failure), None)

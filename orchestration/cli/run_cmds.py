@@ -62,6 +62,7 @@ def execute(command: str, sources: list[str], storage: str, config: dict[str, An
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             term.print(f"curate {command}: {type(exc).__name__}: {first}")
             summaries = None
+        term.drain()  # the warnings of the last run above the summary, not below it
         if summaries is not None:
             term.print()
             for line in summary_lines(summaries):
