@@ -13,8 +13,8 @@ from curation.image_io import ProbeLimits
 from curation.ingest import INGEST_CODE_VERSION, ROW_GROUP_SIZE, IngestConfig, ingest_unit
 from curation.opt_out import OptOutList
 from curation.sources import ReadLimits, WorkUnit, plan_units
-from orchestration.opt_outs import load_opt_outs
 from curation.stage import StageResources
+from orchestration.opt_outs import load_opt_outs
 from orchestration.ray_adapter import Throughput
 from orchestration.resources import StorageResource
 from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage

@@ -89,14 +89,15 @@ def measure(cls, port: int, concurrency: int, requests: int, payload: str) -> di
     client = cls(f"http://127.0.0.1:{port}/v1", "bench", concurrency=concurrency, timeout_s=60, max_retries=0,
                  use_env_proxy=False)
     before = connections(port)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     results = client.create_many([(messages, {"max_tokens": 64})] * requests)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     failed = sum(1 for r in results if isinstance(r, Exception))
     opened = connections(port) - before - 1
     if hasattr(client, "close"):
         client.close()
-    return {"seconds": seconds, "rps": (requests - failed) / seconds, "failed": failed, "connections": opened}
+    return {"seconds": seconds, "rps": (requests - failed) / seconds, "failed": failed, "connections": opened,
+            "cpu_ms": 1000 * cpu / requests}
 
 
 def main() -> None:
@@ -112,15 +113,16 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     print(f"machine: {os.cpu_count()} CPUs ({cpu}); server latency {args.latency} s; {args.rounds} rounds")
-    print("| client | in flight | requests | req/s | bound (C/L) | share of bound | connections opened | failed |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| client | in flight | requests | req/s | bound (C/L) | share of bound | client CPU ms/request | "
+          "connections opened | failed |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for concurrency in (64, 256):
         bound = concurrency / args.latency
         for name, cls in (("httpx2 pool (ChatClient)", ChatClient), ("urllib per request (before)", UrllibClient)):
             measure(cls, port, concurrency, concurrency, payload)  # warm-up: threads, imports, first connections
             r = measure(cls, port, concurrency, concurrency * args.rounds, payload)
             print(f"| {name} | {concurrency} | {concurrency * args.rounds} | {r['rps']:.0f} | {bound:.0f} | "
-                  f"{r['rps'] / bound:.0%} | {r['connections']} | {r['failed']} |", flush=True)
+                  f"{r['rps'] / bound:.0%} | {r['cpu_ms']:.2f} | {r['connections']} | {r['failed']} |", flush=True)
     server.terminate()
 
 
