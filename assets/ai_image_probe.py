@@ -13,12 +13,13 @@ from curation.features import FeatureConfig, FeatureExtractor, embedding_matrix
 from curation.image_io import ImageRejected, ProbeLimits, probe_image
 from curation.probe import PROBE_CODE_VERSION, Probe, ProbeConfig, train_probe
 from curation.sources import plan_units, read_unit
+from orchestration.package_data import examples_dir
 from orchestration.resources import StorageResource
 from orchestration.storage import TableStore
 
 ASSET = "ai_image_probe"
 CURRENT = "probe.json"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = examples_dir(strict=False)
 
 
 def _default_dirs(env: str, fallback: Path) -> list[str]:

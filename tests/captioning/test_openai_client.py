@@ -42,10 +42,13 @@ class ChatServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's server does
+
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                            "client_port": self.client_address[1]})
                     step = server.script.pop(0) if len(server.script) > 1 else server.script[0]
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
@@ -310,3 +313,15 @@ def test_text_only_complete_for_other_modules():
         assert client.complete([{"role": "user", "content": "rewrite"}], model="other", max_tokens=8) == "short prompt"
     assert "Authorization" not in server.requests[0]["headers"]
     assert server.requests[0]["body"]["model"] == "other" and server.requests[0]["body"]["max_tokens"] == 8
+
+
+def test_connections_are_pooled_and_bounded_by_the_concurrency():
+    with ChatServer([echo_title]) as server:
+        with ChatClient(server.endpoint, "m", concurrency=4, timeout_s=5.0) as client:
+            for i in range(10):  # one after another: one connection, kept alive
+                client.complete([{"role": "user", "content": [{"type": "text", "text": f'Title: "t{i}"'}]}])
+            assert len({r["client_port"] for r in server.requests}) == 1
+            results = client.create_many([([{"role": "user", "content": [{"type": "text", "text": f'Title: "c{i}"'}]}],
+                                           {}) for i in range(16)])
+    assert [r.text for r in results] == [f'A test card titled "c{i}".' for i in range(16)]
+    assert len({r["client_port"] for r in server.requests[10:]}) <= 4

@@ -44,8 +44,10 @@ def isolated_home(monkeypatch):
 
 
 def test_inspect_prints_one_json_line_per_input(hostile, capsys):
-    assert cli.main(["inspect", str(hostile)]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert cli.main(["inspect", str(hostile)]) == 1  # some inputs could not be decoded
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "curate inspect: 4 input(s) could not be read or decoded"
+    lines = [json.loads(line) for line in captured.out.splitlines()]
     by_name = {Path(r["path"]).name: r for r in lines}
     assert set(by_name) == {"good.jpg", "empty.jpg", "half.jpg", "text.png", "wrong_ext.gif", "leak.jpg"}
     good = by_name["good.jpg"]
@@ -59,6 +61,9 @@ def test_inspect_prints_one_json_line_per_input(hostile, capsys):
     assert len(good["phash"]) == 16 and len(good["dhash"]) == 16
     assert good["embedding_dim"] == 1024 and 0.0 <= good["nsfw_score"] <= 1.0
     assert "phash" not in by_name["empty.jpg"]
+    assert cli.main(["inspect", "--no-features", str(hostile / "good.jpg")]) == 0
+    assert cli.main(["inspect", "--no-features", str(hostile / "missing.jpg")]) == 1
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["error"] == "missing_file"
 
 
 def test_run_accounts_for_every_hostile_file_and_lineage_explains(ray_session, hostile, storage, capsys,
@@ -87,9 +92,11 @@ def test_run_accounts_for_every_hostile_file_and_lineage_explains(ray_session, h
     assert cli.main(["lineage", "0" * 64, "--storage", storage]) == 1
 
 
-def test_run_rejects_an_unknown_selection(ray_session, hostile, storage, isolated_home):
-    with pytest.raises(SystemExit, match="matches no asset"):
-        cli.main(["run", "--source", str(hostile), "--storage", storage, "--select", "no_such_asset"])
+def test_run_rejects_an_unknown_selection(hostile, storage, isolated_home, capsys):
+    assert cli.main(["run", "--source", str(hostile), "--storage", storage, "--select", "no_such_asset"]) == 2
+    assert "matches no asset" in capsys.readouterr().err
+    assert cli.main(["run", "--source", str(hostile / "nowhere"), "--storage", storage]) == 2
+    assert "source drop not found" in capsys.readouterr().err
 
 
 def test_demo_accounts_for_the_whole_sample_corpus(ray_session, tmp_path, capsys, isolated_home):
