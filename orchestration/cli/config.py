@@ -159,7 +159,8 @@ def _model_sizes() -> tuple[str, ...]:
 
 RULES: dict[str, dict[str, Range | Choice]] = {
     "source_images": {"max_pixels": COUNT, "min_side": COUNT, "max_frames": COUNT, "max_file_bytes": COUNT,
-                      "max_sidecar_bytes": NONNEG, "files_per_unit": COUNT, "rows_per_unit": COUNT},
+                      "max_sidecar_bytes": NONNEG, "files_per_unit": COUNT, "rows_per_unit": COUNT,
+                      "max_key_bytes": COUNT},
     "ai_image_probe": {"test_fraction": Range(0, 1, True, True), "l2": NONNEG, "threshold": SHARE,
                        "min_side": COUNT},
     "image_features": {"embedding_backend": Choice(("open_nsfw", "open_clip")), "device": DEVICE,
@@ -172,6 +173,8 @@ RULES: dict[str, dict[str, Range | Choice]] = {
                             "semantic_threshold": POSITIVE, "exact_search_max": COUNT, "ivf_nprobe": COUNT},
     "rebalanced_images": {"levels": COUNT, "clusters_per_level": Range(2), "cluster_cap_factor": POSITIVE,
                           "cluster_budget": Range(0, 1, lo_open=True), "concept_cap": POSITIVE,
+                          "cluster_cap_share": Range(0, 1, lo_open=True),
+                          "concept_cap_fraction": Range(0, 1, lo_open=True),
                           "concept_min_count": COUNT, "combine": Choice(("min", "product")),
                           "mode": Choice(("drop", "weight")), "seed": NONNEG},
     "ocr_annotations": {"backend": Choice(("rapidocr", "paddleocr")), "min_score": SHARE, "min_short_score": SHARE,

@@ -86,6 +86,7 @@ def chain(storage) -> tuple[str, dict[str, list[str]]]:
     variants = {"sample_id": SIGN, "tags": 'diner sign, "OPEN 24 HOURS"', "short": 'Diner sign "OPEN 24 HOURS"',
                 "medium": 'A diner sign reading "OPEN 24 HOURS" and "since 1952".', "long": caption["caption"],
                 "backend": "deterministic", "model": "", "prompt_version": "v2", "fallback_reason": None,
+                "long_is_distinct": True, "long_note": None,
                 "caption_backend": "grounded", "quoted": ["OPEN 24 HOURS"], "entities": ["Diner sign"]}
     _write(store, "prompt_variants", None, 0, [variants], VARIANTS_SCHEMA)
 

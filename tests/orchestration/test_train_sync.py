@@ -72,7 +72,8 @@ def test_stage_resumes_from_the_stored_checkpoint(tmp_path):
     second = run_synced(_config(shards, f"file://{stage2}", steps=2, init_from=f"{out}/checkpoint.pt"), 0,
                         train_loop_per_worker)
     assert second["steps"] == 2 and [m["step"] for m in _metrics(stage2 / "metrics.jsonl")] == [1, 2]
-    assert sorted(os.listdir(stage2)) == ["checkpoint.pt", "metrics.jsonl", "samples.png"]  # no init copy, no tmp
+    # no init copy, no tmp; the checkpoint's stored summary beside it
+    assert sorted(os.listdir(stage2)) == ["checkpoint.json", "checkpoint.pt", "metrics.jsonl", "samples.png"]
 
 
 def test_prepare_and_push_per_rank(tmp_path):
