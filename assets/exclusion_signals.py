@@ -20,7 +20,7 @@ from curation.probe import Probe
 from curation.quality import QualityConfig
 from curation.stage import StageResources
 from curation.text_density import TextDetector
-from orchestration.reads import ReadStats, iter_part
+from orchestration.reads import ReadStats, read_part
 from orchestration.resources import StorageResource
 from orchestration.stage_runner import PartStage, Unit, UnitOutput, run_stage
 from orchestration.stage_runner import config_hash as stage_hash
@@ -63,10 +63,8 @@ def exclusion_process(detector: TextDetector, store: TableStore, payload: tuple)
     """Worker body: signals of one source part (its features part alongside); drops go to the ledger."""
     source_path, features_path, config, probe_json = payload
     stats = ReadStats()
-    source = pa.concat_tables(list(iter_part(store, source_path, ["sample_id", "source_uri", "image", "format",
-                                                                  "metadata"], 1 << 30, stats)))
-    features = pa.concat_tables(list(iter_part(store, features_path, ["source_uri", "nsfw_score", "embedding",
-                                                                      "embedding_model"], 1 << 30, stats)))
+    source = read_part(store, source_path, ["sample_id", "source_uri", "image", "format", "metadata"], stats)
+    features = read_part(store, features_path, ["source_uri", "nsfw_score", "embedding", "embedding_model"], stats)
     uris = features.column("source_uri").to_pylist()
     nsfw = dict(zip(uris, features.column("nsfw_score").to_pylist(), strict=True))
     probe_scores: dict[str, float] = {}

@@ -154,6 +154,16 @@ def iter_part(store: TableStore, path: str, columns: list[str], batch_size: int,
             yield pa.Table.from_batches([batch])
 
 
+def read_part(store: TableStore, path: str, columns: list[str], stats: ReadStats | None = None) -> pa.Table:
+    """A whole part's columns (empty parts included), counting bytes read."""
+    with store.fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        if stats is not None:
+            stats.bytes += _chunk_bytes(parquet.metadata, range(parquet.metadata.num_row_groups), set(columns))
+            stats.rows += parquet.metadata.num_rows
+        return parquet.read(columns=columns)
+
+
 def part_rows(store: TableStore, path: str) -> int:
     """Rows of one Parquet part, from its footer alone."""
     with store.fs.open_input_file(path) as f:
