@@ -26,6 +26,7 @@ import io
 import json
 import re
 import unicodedata
+import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -205,9 +206,12 @@ class CreatorIndex:
     @classmethod
     def from_bytes(cls, blob: bytes) -> CreatorIndex:
         """Load what `to_bytes` wrote; raises ValueError for another format or a damaged blob."""
-        with np.load(io.BytesIO(blob)) as data:
-            header = json.loads(data["header"].tobytes())
-            protos = data["prototypes"]
+        try:
+            with np.load(io.BytesIO(blob)) as data:
+                header = json.loads(data["header"].tobytes())
+                protos = data["prototypes"]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"creator index unreadable: {exc}") from exc
         if header.get("format") != CREATOR_INDEX_FORMAT:
             raise ValueError(f"creator index format {header.get('format')!r}, expected {CREATOR_INDEX_FORMAT!r}")
         entries, row = [], 0
