@@ -623,6 +623,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _add_attribute(sub) -> None:
+    from orchestration.attribute import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curate", description="Atelier: curate image data for a DiT.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -693,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
         if rev_cmd is not rev_list:
             rev_cmd.add_argument("--reviewer", help="who decides (default: $USER); a CSV's reviewer column wins")
         rev_cmd.set_defaults(func=cmd_review)
+
+    _add_attribute(sub)
 
     ui = sub.add_parser("ui", help="the Dagster UI over a storage root")
     ui.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))

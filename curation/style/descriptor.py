@@ -12,6 +12,7 @@ and the index can grow incrementally) to `dim` dimensions, is L2-normalised and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +110,7 @@ class OpenNsfwStyleEmbedder:
         from curation.embedding import OPEN_NSFW_POOL_OUTPUT
 
         self.config = config
-        self.name = f"{config.backend}/{STYLE_CODE_VERSION}/d{config.dim}-r{config.gram_channels}-s{config.seed}"
+        self.name = descriptor_name(config)
         self.dim = config.dim
         model = onnx.load(str(MODEL_PATH))
         produced = {out for node in model.graph.node for out in node.output}
@@ -144,6 +145,24 @@ class OpenNsfwStyleEmbedder:
             styles.append(self.projector.project(self.projector.statistics(layers)))
             contents.append(l2_rows(pooled))
         return np.concatenate(styles), np.concatenate(contents)
+
+
+def descriptor_name(config: StyleConfig) -> str:
+    """The identity of the descriptors a configuration computes (stored with every row and index)."""
+    return f"{config.backend}/{STYLE_CODE_VERSION}/d{config.dim}-r{config.gram_channels}-s{config.seed}"
+
+
+def config_from_name(name: str, **runtime) -> StyleConfig:
+    """The configuration that computes descriptors named `name` (plus runtime settings: threads, batch size).
+
+    Raises:
+        ValueError: a name of another code version or backend (its descriptors cannot be reproduced here).
+    """
+    match = re.fullmatch(r"([a-z_]+)/([\w.-]+)/d(\d+)-r(\d+)-s(\d+)", name)
+    if not match or match.group(2) != STYLE_CODE_VERSION:
+        raise ValueError(f"style descriptor {name!r} is not one this code computes ({STYLE_CODE_VERSION})")
+    backend, _, dim, r, seed = match.groups()
+    return StyleConfig(backend=backend, dim=int(dim), gram_channels=int(r), seed=int(seed), **runtime)
 
 
 def load_style_embedder(config: StyleConfig) -> OpenNsfwStyleEmbedder:
