@@ -90,6 +90,14 @@ def test_style_assets_and_attribute(ray_session, tmp_path):
     creators = {r["creator"]: r for r in store.read_table(store.dir("creator_style_index")).to_pylist()}
     assert set(creators) <= {"mosaic studio", "ink works", "soft focus"} and len(creators) == 3
     assert store.exists(f"{store.base}/style_index/index.faiss")
+    from orchestration.lineage import find_lineage, format_lineage
+
+    target = pairs[0]["target_id"]
+    report = find_lineage(str(storage), target)
+    assert report["style_cluster"][0]["sample_id"] == target
+    assert any(p["pair_id"] == pairs[0]["pair_id"] and p["role"] == "target" for p in report["style_pairs"])
+    assert report["creator_entry"][0]["creator"] in creators
+    assert "style cluster" in format_lineage(report)
 
     queries = tmp_path / "queries"
     queries.mkdir()
