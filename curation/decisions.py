@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 STAGES = ("ingest", "opt_out", "ai_image", "nsfw", "artifact", "dedup", "rebalance", "ocr", "caption", "variants",
-          "shard")
+          "shard", "style")
 DECISION_KINDS = ("drop", "keep", "downweight")
 
 DECISIONS_SCHEMA = pa.schema(

@@ -25,6 +25,7 @@ from curation.schema import SOURCE_IMAGES_SCHEMA
 from curation.sources import canonical_uri
 from orchestration.sample_parts import current_rows
 from orchestration.storage import SUCCESS_MARKER, TableStore
+from orchestration.style_lineage import format_style_lineage, style_lineage
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -148,6 +149,7 @@ def downstream(store: TableStore, ids: list[str]) -> dict[str, Any]:
         out["prompt_variants"] = rows
     if shards := shard_rows(store, ids):
         out["shards"] = shards
+    out.update(style_lineage(store, ids))
     return out
 
 
@@ -332,6 +334,7 @@ def format_downstream(report: dict[str, Any], multiple: bool = False) -> list[st
     """Text lines for rebalancing, OCR, caption, prompt variants and shards/checkpoints (sections that exist)."""
     lines: list[str] = []
     cached = [k for k in ("ocr", "captions", "prompt_variants") if report.get(k)]
+    lines += format_style_lineage(report)
     if report.get("curated") is False:
         lines.append("  not in the curated set now (see the decisions)"
                      + (f"; {', '.join(cached)} below are cached from an earlier run" if cached else ""))

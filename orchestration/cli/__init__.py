@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
             rev_cmd.add_argument("--reviewer", help="who decides (default: $USER); a CSV's reviewer column wins")
         rev_cmd.set_defaults(func=cmd_review)
 
+    from orchestration.attribute import add_parser as add_attribute
+
+    add_attribute(sub)
+
     ui = sub.add_parser("ui", help="the Dagster UI over a storage root")
     ui.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"))
     ui.add_argument("--port", type=int, default=3000)

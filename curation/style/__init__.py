@@ -1,0 +1,1 @@
+"""Style: descriptors separate from content, their index, style-reference pairs and creator attribution."""
