@@ -64,6 +64,7 @@ def load_before():
     path.write_text(code)
     spec = importlib.util.spec_from_file_location("sources_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["sources_before"] = module  # its dataclasses look their module up while being defined
     spec.loader.exec_module(module)
     return module
 
