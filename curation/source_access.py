@@ -14,6 +14,7 @@ store, and the raw bytes that make it lossless.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import stat
@@ -148,12 +149,18 @@ def resolve_reference(reference: str, base_dir: str) -> str | None:
     return posixpath.join(base_dir, reference)
 
 
+@functools.lru_cache(maxsize=256)
+def _real_root(root: str) -> str:
+    # roots are the drop and the operator's stores: resolved once per process, not once per file
+    return os.path.realpath(local_path(root))
+
+
 def contained(target: str, roots: tuple[str, ...]) -> str | None:
     """The real location of `target` if it lies inside one of `roots` (symlinks followed), else None."""
     if is_local(target):
         real = os.path.realpath(local_path(target))
         for root in roots:
-            if is_local(root) and _inside(real, os.path.realpath(local_path(root))):
+            if is_local(root) and _inside(real, _real_root(root)):
                 return real
         return None
     for root in roots:

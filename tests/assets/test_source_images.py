@@ -101,10 +101,13 @@ def test_changed_drop_and_changed_config_recompute_what_they_affect(ray_session,
             continue
         os.remove(source / name)  # the drop shrinks: stale parts must go
     _, third, check = materialize(storage, source, instance, min_side=8)
-    assert check.passed and third["total"] == 6 and third["kept"] == 6 and third["parts_reused"] == 0
+    # the 6 images left are kept; each of the 5 removed inputs is a `source_removed` ledger row
+    assert check.passed and third["total"] == 11 and third["kept"] == 6 and third["parts_reused"] == 0
+    assert third["dropped_source_removed"] == 5
     store = TableStore(storage)
     assert len(store.list_parts(store.dir(ASSET, key))) == third["parts"]
-    assert store.read_decisions(ASSET).filter(dg_field_drop()).num_rows == 0
+    drops = store.read_decisions(ASSET).filter(dg_field_drop())
+    assert set(drops.column("reason").to_pylist()) == {"source_removed"} and drops.num_rows == 5
 
 
 def dg_field_drop():
@@ -126,13 +129,14 @@ CONCURRENT_RUN = """
 import sys
 from orchestration import cli
 sys.exit(cli.main(["run", "--source", sys.argv[1], "--storage", sys.argv[2], "--config", sys.argv[3],
-                   "--select", "key:source_images or key:image_features"]))
+                   "--select", "key:source_images or key:image_features", "--wait"]))
 """
 
 
 def test_two_runs_of_the_same_partition_at_once_leave_consistent_output(tmp_path, storage):
-    """Both runs write every part under a temporary name and rename it: whichever wins, each part is whole, the
-    partition holds every input exactly once, and a third run finds everything done."""
+    """Two `curate run` started at once on one storage: the storage lock queues the second (`--wait`; without it,
+    exit 2), so the Dagster instance is created once; the partition holds every input exactly once, and the later
+    runs find everything done."""
     import subprocess
     import sys
     from pathlib import Path

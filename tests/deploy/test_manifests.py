@@ -100,7 +100,8 @@ def test_every_deploy_yaml_is_covered():
                 f"{path}: not a Kubernetes manifest (apiVersion/kind/metadata) — add a check for it here"
             assert doc["metadata"].get("namespace", NAMESPACE) == NAMESPACE or doc["kind"] == "Namespace", path
     kinds = {doc["kind"] for _, doc in MANIFESTS}
-    assert {"Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "Role", "RoleBinding", "RayCluster"} <= kinds
+    assert {"Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "Role", "RoleBinding", "RayCluster",
+            "NetworkPolicy"} <= kinds
     assert [d["apiVersion"] for _, d in CUSTOM] == ["ray.io/v1"], "an unchecked custom resource kind appeared"
 
 

@@ -82,3 +82,39 @@ def test_ui_and_run_default_to_this_machine_only():
     parser = build_parser()
     assert parser.parse_args(["ui"]).host == "127.0.0.1"
     assert parser.parse_args(["run"]).ray_listen_all is False
+
+
+def test_curate_ui_listens_on_loopback_only(tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.security.hostile import REPO
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "ui", "--storage", str(tmp_path / "s"),
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+    found: set = set()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any(p == port for _, _, p in found):
+            time.sleep(1)
+            found = set()
+            root = psutil.Process(proc.pid)
+            for p in [root] + root.children(recursive=True):
+                try:
+                    found |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                              if c.status == psutil.CONN_LISTEN}
+                except psutil.Error:
+                    pass
+        assert any(p == port for _, _, p in found), f"the UI never listened on {port}"
+        assert [f for f in found if not _is_loopback(f[1])] == []
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
