@@ -195,6 +195,12 @@ RULES: dict[str, dict[str, Range | Choice]] = {
                                "min_image_similarity": Range(-1, 1), "max_candidates": NONNEG},
     "dit_checkpoint": {"model_size": Choice(_model_sizes), "steps": COUNT, "batch_size": COUNT, "lr": POSITIVE,
                        "log_every": COUNT, "checkpoint_every": COUNT, "num_workers": COUNT},
+    "style_embeddings": {"dim": COUNT, "gram_channels": COUNT, "seed": NONNEG, "batch_size": COUNT,
+                         "num_cpus_per_actor": CPUS},
+    "style_reference_pairs": {"clusters": COUNT, "max_references": COUNT, "max_content_similarity": Range(-1, 1),
+                              "targets_per_cluster": COUNT, "seed": NONNEG},
+    "creator_style_index": {"max_prototypes": COUNT, "images_per_prototype": COUNT, "min_images": COUNT,
+                            "calibration_samples": COUNT, "seed": NONNEG},
 }
 """Range or choice of every numeric (and enumerated) asset config field; a test keeps it complete."""
 
