@@ -30,7 +30,12 @@ def test_head_concept_halved_and_rare_content_kept(run):
     kept = [r for r in table if r["kept"]]
     share_before = len(head) / len(table)
     share_after = sum(r["sample_id"] in head for r in kept) / len(kept)
-    assert share_before >= 0.6 and share_after <= share_before / 2
+    # the rule itself (expected share from the keep probabilities) halves the head; the seeded draw over 22 head
+    # samples scatters around it (one binomial sigma is ~2 samples), so the draw gets a margin
+    p = {r["sample_id"]: r["keep_probability"] for r in table}
+    expected_after = sum(p[s] for s in head) / sum(p.values())
+    assert share_before >= 0.6 and expected_after <= share_before / 2
+    assert share_after <= 0.6 * share_before
     rare = [r for r in table if r["sample_id"] not in head]
     assert sum(r["kept"] for r in rare) >= 0.9 * len(rare)
     assert all(r["sample_weight"] > 0 for r in kept)
