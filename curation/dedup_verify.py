@@ -42,6 +42,12 @@ CELLS = 10
 STRUCTURE = 12.0
 """Mean Sobel magnitude (|dx| + |dy| of luma) that makes a cell structured."""
 
+TEMPLATE_SCALES = np.geomspace(0.6, 1.0, 14)
+"""Width of the inner picture as a share of the outer one's, searched by the correlation hypotheses (crops up to 20%
+per side, borders up to 20% of the width)."""
+TEMPLATE_MIN_PEAK = 0.6
+"""Smallest correlation peak that becomes a hypothesis (it must still pass the photometric agreement)."""
+
 _ORIENTATIONS = [(False, 0), (False, 1), (False, 2), (False, 3), (True, 0), (True, 1), (True, 2), (True, 3)]
 """(mirror first, quarter turns counter-clockwise) of the 8 dihedral orientations."""
 
@@ -223,6 +229,43 @@ def _frame_hypotheses(a: Picture, b: Picture) -> list[tuple[np.ndarray, bool, st
     return out
 
 
+def _template_hypotheses(a: Picture, b: Picture) -> list[tuple[np.ndarray, bool, str]]:
+    """Maps b -> a from normalised cross-correlation of one picture inside the other over a range of scales: b as
+    a crop of a, or a inside b (b has a border or margin added). Crops of texture-poor pictures (a poster's
+    background, a gradient) leave ORB too few keypoints, and a border of a colour the picture also has at its edge
+    defeats the trim; the correlation peak needs neither."""
+    import cv2
+
+    out = []
+    for inner, outer, inside in ((b, a, "b_in_a"), (a, b, "a_in_b")):
+        best = (-1.0, None)
+        gi, go = inner.gray.astype(np.float32), outer.gray.astype(np.float32)
+        if gi.std() < 1.0 or go.std() < 1.0:
+            continue
+        for scale in TEMPLATE_SCALES:
+            # the inner picture resized so that it spans `scale` of the outer picture's width
+            factor = scale * outer.w / inner.w
+            tw, th = round(inner.w * factor), round(inner.h * factor)
+            if tw < 16 or th < 16 or tw > outer.w or th > outer.h:
+                continue
+            template = cv2.resize(gi, (tw, th), interpolation=cv2.INTER_AREA)
+            if template.std() < 1.0:
+                continue
+            score = cv2.matchTemplate(go, template, cv2.TM_CCOEFF_NORMED)
+            _, peak, _, (x, y) = cv2.minMaxLoc(score)
+            if peak > best[0]:
+                best = (peak, (factor, x, y))
+        if best[1] is None or best[0] < TEMPLATE_MIN_PEAK:
+            continue
+        factor, x, y = best[1]
+        inner_to_outer = np.array([[factor, 0, x + 0.5 * factor - 0.5], [0, factor, y + 0.5 * factor - 0.5]])
+        if inside == "b_in_a":
+            out.append((inner_to_outer, False, "template"))
+        else:
+            out.append((cv2.invertAffineTransform(inner_to_outer), False, "template"))
+    return out
+
+
 def _agreement(a: Picture, b: Picture, matrix: np.ndarray, config: VerifyConfig) -> tuple[float, float, float]:
     """(agreement over all cells, over structured cells, overlap) of b warped by `matrix` into a's frame."""
     import cv2
@@ -314,6 +357,7 @@ def same_picture(a: Picture, b: Picture, config: VerifyConfig = VerifyConfig()) 
     best, best_matrix = Verdict(False), None
     candidates = [(m, mir, "orb_ransac", n, r) for m, mir, n, r in _orb_hypotheses(a, b, config)]
     candidates += [(m, mir, method, 0, 0.0) for m, mir, method in _frame_hypotheses(a, b)]
+    candidates += [(m, mir, method, 0, 0.0) for m, mir, method in _template_hypotheses(a, b)]
     for matrix, mirrored, method, inliers, ratio in candidates:
         agree, structured, overlap = _agreement(a, b, matrix, config)
         verdict = Verdict(min(agree, structured) >= config.min_agreement, method, mirrored, inliers, ratio,

@@ -1,5 +1,6 @@
 """A dev set for dedup precision on non-photographic images: distinct pictures nobody would call duplicates, and
-true near-copies of them (`bench/dedup_art_eval.py`, `tests/curation/test_dedup_art.py`).
+true near-copies of them. Shared by `tests/curation/test_dedup_art.py` and `bench/dedup_art_eval.py` so the test and
+the BENCHMARKS figures measure the same thing.
 
 Distinct pictures, each from its own seed: abstract gradients (linear and radial, 2-3 stops), flat-colour
 compositions (a few rectangles, discs and triangles), line art (strokes and outlines on paper), pixel art (a
@@ -278,3 +279,90 @@ def write(items: list[Item], out: Path) -> None:
             (out / file).write_bytes(it.data)
             fh.write(json.dumps({"file": file, "name": it.name, "group": it.group, "kind": it.kind,
                                  "copy": it.copy}) + "\n")
+
+
+def features(items: list[Item], threads: int = 1, batch: int = 64):
+    """The items through the production feature path (`FeatureExtractor.process_batch`), as one features table."""
+    import hashlib
+
+    import pyarrow as pa
+
+    from curation.embedding import EmbeddingConfig
+    from curation.features import FeatureConfig, FeatureExtractor
+
+    extractor = FeatureExtractor(FeatureConfig(embedding=EmbeddingConfig(threads=threads)))
+    extractor.setup()
+    tables = []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        sizes = []
+        for it in chunk:
+            with Image.open(io.BytesIO(it.data)) as img:
+                sizes.append(img.size)
+        n = len(chunk)
+        tables.append(extractor.process_batch(pa.table({
+            "sample_id": [hashlib.sha256(it.data).hexdigest() for it in chunk],
+            "source": ["art_devset"] * n,
+            "source_uri": [it.name for it in chunk],
+            "width": pa.array([w for w, _ in sizes], pa.int32()),
+            "height": pa.array([h for _, h in sizes], pa.int32()),
+            "byte_size": pa.array([len(it.data) for it in chunk], pa.int64()),
+            "format": ["JPEG" if it.data[:2] == b"\xff\xd8" else "PNG" for it in chunk],
+            "image": pa.array([it.data for it in chunk], pa.binary()),
+        })))
+    return pa.concat_tables(tables)
+
+
+def candidates(table):
+    """`curation.dedup.Candidates` of a features table, as the dedup asset builds them."""
+    import pyarrow.compute as pc
+
+    from curation.dedup import Candidates
+    from curation.features import embedding_matrix, orientation_matrix
+
+    return Candidates(
+        sample_ids=table.column("sample_id").to_pylist(), source_uris=table.column("source_uri").to_pylist(),
+        orientations=orientation_matrix(table), embeddings=embedding_matrix(table),
+        pixels=pc.multiply(table.column("width").cast("int64"), table.column("height").cast("int64")).to_numpy(),
+        byte_size=table.column("byte_size").to_numpy(), thumbnails=table.column("verify_thumbnail").to_pylist())
+
+
+@dataclass
+class Outcome:
+    """What a dedup run did to a labelled set."""
+
+    false_removals: int  # rows removed as a copy of a row of ANOTHER group: distinct pictures lost
+    copies_found: int  # rows removed as a copy of a row of their own group
+    copies: int  # rows that should be removed: group size - 1, summed over groups
+    rows: int
+    groups: int
+    missed_by_kind: dict[str, int]  # copy kind -> copies kept although their group has a kept row
+
+    @property
+    def recall(self) -> float:
+        return self.copies_found / max(self.copies, 1)
+
+    @property
+    def distinct_removed(self) -> float:
+        return self.false_removals / max(self.groups, 1)
+
+
+def outcome(items: list[Item], keep, decisions) -> Outcome:
+    """Score a keep mask and its dedup decisions against the groups of `items` (source uri = item name)."""
+    group_of = {it.name: it.group for it in items}
+    false_removals = found = 0
+    for d in decisions:
+        if group_of[d.details["representative_uri"]] == group_of[d.source_uri]:
+            found += 1
+        else:
+            false_removals += 1
+    sizes: dict[int, int] = {}
+    kept: dict[int, int] = {}
+    for it, k in zip(items, keep, strict=True):
+        sizes[it.group] = sizes.get(it.group, 0) + 1
+        kept[it.group] = kept.get(it.group, 0) + bool(k)
+    missed: dict[str, int] = {}
+    for it, k in zip(items, keep, strict=True):
+        if k and kept[it.group] > 1 and it.copy != "original":
+            missed[it.copy] = missed.get(it.copy, 0) + 1
+    return Outcome(false_removals, found, sum(s - 1 for s in sizes.values()), len(items), len(sizes), missed)
