@@ -350,6 +350,7 @@ class Outcome:
 def outcome(items: list[Item], keep, decisions) -> Outcome:
     """Score a keep mask and its dedup decisions against the groups of `items` (source uri = item name)."""
     group_of = {it.name: it.group for it in items}
+    originals = {it.name for it in items if it.copy == "original"}
     false_removals = found = 0
     for d in decisions:
         if group_of[d.details["representative_uri"]] == group_of[d.source_uri]:
@@ -361,8 +362,11 @@ def outcome(items: list[Item], keep, decisions) -> Outcome:
     for it, k in zip(items, keep, strict=True):
         sizes[it.group] = sizes.get(it.group, 0) + 1
         kept[it.group] = kept.get(it.group, 0) + bool(k)
+    # a kept copy is a miss unless it stands in for its removed original (it is the row the original went to)
+    stand_in = {d.details["representative_uri"] for d in decisions
+                if d.source_uri in originals and group_of[d.details["representative_uri"]] == group_of[d.source_uri]}
     missed: dict[str, int] = {}
     for it, k in zip(items, keep, strict=True):
-        if k and kept[it.group] > 1 and it.copy != "original":
+        if k and it.copy != "original" and it.name not in stand_in:
             missed[it.copy] = missed.get(it.copy, 0) + 1
     return Outcome(false_removals, found, sum(s - 1 for s in sizes.values()), len(items), len(sizes), missed)
