@@ -55,8 +55,8 @@ class RebalancedImagesConfig(dg.Config):
                                       description="A top cluster above this many times the median is cut to it.")
     cluster_cap_share: float = Field(default=RebalanceConfig.cluster_cap_share,
                                      description="A top cluster above this share of the corpus is cut to it.")
-    cluster_split_by_concept: bool = Field(default=RebalanceConfig.cluster_split_by_concept,
-                                           description="A cut cluster spares its rare concepts (False: Vo et al.).")
+    cluster_spares_rare_concepts: bool = Field(default=RebalanceConfig.cluster_spares_rare_concepts,
+                                               description="A cut cluster keeps its rare concepts (False: Vo et al.).")
     cluster_budget: float | None = Field(default=None, description="Fraction kept by cluster balancing (None: auto).")
     concept_cap: float | None = Field(default=None, description="MetaCLIP t (None: concept_cap_fraction x samples).")
     concept_cap_fraction: float = Field(default=RebalanceConfig.concept_cap_fraction,
@@ -72,7 +72,7 @@ class RebalancedImagesConfig(dg.Config):
         return RebalanceConfig(levels=self.levels, clusters_per_level=tuple(self.clusters_per_level)
                                if self.clusters_per_level else None, cluster_cap_factor=self.cluster_cap_factor,
                                cluster_cap_share=self.cluster_cap_share, cluster_budget=self.cluster_budget,
-                               cluster_split_by_concept=self.cluster_split_by_concept,
+                               cluster_spares_rare_concepts=self.cluster_spares_rare_concepts,
                                concept_cap=self.concept_cap, concept_cap_fraction=self.concept_cap_fraction,
                                combine=self.combine, mode=self.mode, seed=self.seed)
 

@@ -13,8 +13,8 @@ Two views of "over-represented":
   it, so `p_concept` is the max over its concepts. A sample with no concept has `p_concept = 1`: it is governed by the
   clusters alone.
 
-Default caps are derived from the corpus, and a cut cluster's allocation is shared between its concept groups
-before its sub-clusters, so its rare concepts stay whole (`curation.rebalance_rules`). Measured keep rates on the dev
+Default caps are derived from the corpus, and a cut cluster spares the rare concepts inside it
+(`curation.rebalance_rules`). Measured keep rates on the dev
 sets of `bench/rebalance_defaults.py` are in bench/BENCHMARKS.md.
 
 The two are combined per sample (`RebalanceConfig.combine`, default `min`), and the keep/drop draw is a deterministic
@@ -39,19 +39,19 @@ from curation.decisions import Decision, StageCounts
 from curation.rebalance_rules import (
     cluster_keep_probability,
     concept_counts,
-    concept_groups,
     concept_keep_probability,
     default_cluster_cap,
     default_concept_cap,
+    rare_concept_keep_probability,
     tail_share_cap,
     water_fill,
 )
 
 __all__ = [
     "OVER_CLUSTER", "OVER_CONCEPT", "REBALANCE_CODE_VERSION", "RebalanceConfig", "RebalanceResult",
-    "cluster_keep_probability", "concept_counts", "concept_groups", "concept_keep_probability",
+    "cluster_keep_probability", "concept_counts", "concept_keep_probability",
     "default_cluster_cap", "default_clusters_per_level", "default_concept_cap", "hierarchical_kmeans",
-    "kmeanspp_init", "rebalance", "tail_share_cap", "uniform_from_id", "water_fill",
+    "kmeanspp_init", "rare_concept_keep_probability", "rebalance", "tail_share_cap", "uniform_from_id", "water_fill",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,10 +86,12 @@ class RebalanceConfig:
     cluster_cap_share: float = 0.25
     """With `cluster_budget` None: a top cluster holding more than this share of the corpus is cut to it (never below
     the equal share n / k_top)."""
-    cluster_split_by_concept: bool = True
-    """True: a cut top cluster's allocation is water-filled between its concept groups first (`concept_groups`), so
-    the cut falls on its frequent concepts and unnamed mass and a rare concept inside it keeps everything. False: Vo
-    et al. as published (every leaf of the cluster cut alike, whatever its members' concepts)."""
+    cluster_spares_rare_concepts: bool = True
+    """True: p_cluster = max(Vo et al.'s rate, the (cluster, concept) entries of `rare_concept_keep_probability`), so a
+    dominant cluster is cut in its frequent concepts and unnamed members while a rare concept inside it stays whole.
+    False: Vo et al. as published (every member of a cut cluster cut alike, whatever its concepts). The spared members
+    come on top of the cluster budget (an explicit `cluster_budget` too), and how many depends on t: a huge
+    `concept_cap` declares every concept rare, so the clusters then cut only samples without a concept."""
     concept_cap: float | None = None
     """MetaCLIP's t: a concept matched by c samples keeps each with probability min(1, t / c). None: derived from the
     corpus (`default_concept_cap`)."""
@@ -345,9 +347,7 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
     labels = np.empty_like(sorted_labels)
     labels[order] = sorted_labels
     budget = None if config.cluster_budget is None else config.cluster_budget * n
-    groups = concept_groups(labels[:, -1], concepts) if config.cluster_split_by_concept else None
-    p_cluster, budget = cluster_keep_probability(labels, budget, config.cluster_cap_factor, config.cluster_cap_share,
-                                                 groups)
+    p_cluster, budget = cluster_keep_probability(labels, budget, config.cluster_cap_factor, config.cluster_cap_share)
 
     counts_before = concept_counts(concepts)
     t = config.concept_cap
@@ -355,6 +355,8 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
         t = default_concept_cap(counts_before, n, config.concept_cap_fraction, config.concept_cap_min,
                                 config.concept_tail_share)
     p_concept = concept_keep_probability(concepts, t, counts_before)
+    if config.cluster_spares_rare_concepts:
+        p_cluster = np.maximum(p_cluster, rare_concept_keep_probability(labels[:, -1], concepts, p_cluster, t))
 
     p = np.minimum(p_cluster, p_concept) if config.combine == "min" else p_cluster * p_concept
     if config.mode == "drop":

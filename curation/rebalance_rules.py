@@ -14,13 +14,14 @@ of the corpus is cut, whether the corpus has 400 or 100M samples):
   below the equal share n / k_top (with 4 top clusters a uniform corpus has 25% in each). The factor alone missed a
   broad head at small n: with 4 top clusters, half of the corpus is only ~2x the median.
 
-Who pays for a cut cluster (`concept_groups`): a top cluster's allocation is first water-filled between its concept
-groups (each member is grouped by its concept with the fewest members in that cluster; members without a concept
-form one group), then each group's allocation down the k-means hierarchy as Vo et al. do. Water-filling gives a
-small group everything, so the cut falls on the cluster's redundant head (the concept, or the unnamed mass, that
-fills it) and a rare concept inside a dominant cluster stays whole; the cluster's total is the same either way. With
-uniform leaves instead (Vo et al. alone), a 36-photo drop whose k-means had one top cluster of 32 cut every member to
-~0.4, rare titles with it, and the head concept's share after rebalancing rose from 0.25 to 0.42.
+Rare concepts inside a cut cluster (`rare_concept_keep_probability`): Vo et al. cut every member of a dominant
+cluster alike, rare titles with its redundant head. A cluster kept at rate r therefore also gives each concept it
+holds the MetaCLIP cap r x t, and a member's cluster-view probability is the max over its entries (its cluster, its
+(cluster, concept) pairs): a concept with few members there stays whole, the cluster's frequent concepts and its
+unnamed members are cut at Vo et al.'s rate, and the cluster's total exceeds its cap only by the rare members kept. On
+the 34 photos that reach rebalancing in the end-to-end test, k-means put 32 in one top cluster, cut to 17: without
+the entries every rare title kept 0.36-0.44 and the head concept's expected share after rebalancing was 0.42, with
+them the rare titles keep 1.0 and the head's share is 0.25.
 """
 
 from __future__ import annotations
@@ -70,59 +71,48 @@ def default_cluster_cap(top_sizes: np.ndarray, cap_factor: float = 3.0, cap_shar
     return float(max(n / len(sizes), min(cap_factor * np.median(sizes), cap_share * n)))
 
 
-def concept_groups(top: np.ndarray, concept_lists: Sequence[Sequence[str]]) -> np.ndarray:
-    """Each sample's concept group inside its top cluster, for `cluster_keep_probability(groups=...)`.
+def rare_concept_keep_probability(top: np.ndarray, concept_lists: Sequence[Sequence[str]], p_cluster: np.ndarray,
+                                  t: float) -> np.ndarray:
+    """The keep probability of each sample's (top cluster, concept) entries: MetaCLIP inside a cut cluster.
 
-    A sample joins the group of its concept with the fewest members in its own top cluster (ties: the name), so a
-    sample that carries the cluster's head concept and a rare one counts as rare (MetaCLIP: any rare entry keeps a
-    sample); samples without a concept share group -1. Ids are dense per concept name, the same whatever the row order.
+    A top cluster k that Vo et al.'s sampling keeps at rate r_k (mean `p_cluster` of its members) gives each of its
+    concepts the cap r_k x t: a concept with m members in k keeps each with min(1, r_k x t / m), the max over the
+    sample's concepts (any rare entry keeps it). In an uncut cluster (r_k = 1) this is the concept view itself.
 
     Args:
         top: (n,) top-level cluster id of each sample.
         concept_lists: the matched concepts of each sample.
+        p_cluster: (n,) Vo et al.'s keep probabilities (`cluster_keep_probability`).
+        t: the concept cap (MetaCLIP's t) of the corpus.
 
     Returns:
-        (n,) int64 group ids (-1: no concept); only (top cluster, group) pairs are meaningful.
+        (n,) float64; 0 for a sample with no concept (nothing but its cluster speaks for it).
     """
-    top = np.asarray(top, dtype=np.int64).tolist()
+    top = np.asarray(top, dtype=np.int64)
+    sizes = np.bincount(top)
+    rate = np.bincount(top, weights=np.asarray(p_cluster, np.float64), minlength=len(sizes)) / np.maximum(sizes, 1)
     members: Counter = Counter()
-    for cluster, concepts in zip(top, concept_lists, strict=True):
+    for cluster, concepts in zip(top.tolist(), concept_lists, strict=True):
         members.update((cluster, c) for c in set(concepts))
-    chosen = [min(concepts, key=lambda c, k=cluster: (members[(k, c)], c)) if concepts else None
-              for cluster, concepts in zip(top, concept_lists, strict=True)]
-    ids = {name: i for i, name in enumerate(sorted({c for c in chosen if c is not None}))}
-    return np.array([-1 if c is None else ids[c] for c in chosen], dtype=np.int64)
-
-
-def _dense(*columns: np.ndarray) -> np.ndarray:
-    """Dense int64 ids of the distinct rows of the given columns."""
-    _, inverse = np.unique(np.stack(columns, axis=1), axis=0, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64)
-
-
-def _split_top_by_group(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """The hierarchy with a level of (top cluster, group) nodes inserted under each top cluster; every level below is
-    split the same way, so each node still has one parent."""
-    top = labels[:, -1]
-    node = _dense(top, groups)
-    below = [_dense(labels[:, level], node) for level in range(labels.shape[1] - 1)]
-    return np.column_stack([*below, node, top])
+    p = np.zeros(len(top), np.float64)
+    for i, (cluster, concepts) in enumerate(zip(top.tolist(), concept_lists, strict=True)):
+        if concepts:
+            p[i] = min(1.0, rate[cluster] * t / min(members[(cluster, c)] for c in concepts))
+    return p
 
 
 def cluster_keep_probability(labels: np.ndarray, budget: float | None = None, cap_factor: float = 3.0,
-                             cap_share: float = 0.25, groups: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+                             cap_share: float = 0.25) -> tuple[np.ndarray, float]:
     """Vo et al.'s balanced sampling as a keep probability per sample, from a cluster hierarchy.
 
     The root budget is water-filled across the top clusters, each cluster's allocation across its children, down to
-    the leaves; inside a leaf every sample gets leaf allocation / leaf size. With `groups`, a top cluster's allocation
-    is first water-filled across its groups (`concept_groups`) and each group's down its own part of the hierarchy.
+    the leaves; inside a leaf every sample gets leaf allocation / leaf size.
 
     Args:
         labels: (n, levels) cluster ids from `hierarchical_kmeans` (column 0 the leaf, last column the top).
         budget: expected number of samples kept. None: sum(min(size, `default_cluster_cap`)) over top clusters.
         cap_factor: see `RebalanceConfig.cluster_cap_factor`.
         cap_share: see `RebalanceConfig.cluster_cap_share`.
-        groups: (n,) group id of each sample inside its top cluster; None: no groups (Vo et al. as published).
 
     Returns:
         (p, budget): p is (n,) float64 in [0, 1]; budget is the root budget used.
@@ -130,17 +120,15 @@ def cluster_keep_probability(labels: np.ndarray, budget: float | None = None, ca
     labels = np.asarray(labels, dtype=np.int64)
     if labels.ndim == 1:
         labels = labels[:, None]
-    n = len(labels)
+    n, levels = labels.shape
     if n == 0:
         return np.ones(0), 0.0
     top = labels[:, -1]
     top_ids, top_sizes = np.unique(top, return_counts=True)
     if budget is None:
         budget = float(np.minimum(top_sizes, default_cluster_cap(top_sizes, cap_factor, cap_share)).sum())
-    if groups is not None:
-        labels = _split_top_by_group(labels, np.asarray(groups, dtype=np.int64))
     alloc = dict(zip(top_ids.tolist(), water_fill(top_sizes, budget).tolist(), strict=True))
-    for level in range(labels.shape[1] - 2, -1, -1):
+    for level in range(levels - 2, -1, -1):
         pairs, sizes = np.unique(labels[:, [level, level + 1]], axis=0, return_counts=True)
         child_alloc: dict[int, float] = {}
         for parent in np.unique(pairs[:, 1]).tolist():
@@ -150,7 +138,7 @@ def cluster_keep_probability(labels: np.ndarray, budget: float | None = None, ca
         alloc = child_alloc
     leaf_ids, leaf_inverse, leaf_sizes = np.unique(labels[:, 0], return_inverse=True, return_counts=True)
     leaf_p = np.array([alloc[i] for i in leaf_ids.tolist()]) / leaf_sizes
-    return np.clip(leaf_p[leaf_inverse.reshape(-1)], 0.0, 1.0), float(budget)
+    return np.clip(leaf_p[leaf_inverse], 0.0, 1.0), float(budget)
 
 
 def concept_counts(concept_lists: Sequence[Sequence[str]]) -> Counter:
