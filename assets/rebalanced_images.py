@@ -18,7 +18,7 @@ from pydantic import Field
 from assets.deduplicated_images import ASSET as DEDUP
 from assets.deduplicated_images import deduplicated_images
 from captioning.captioner import extract_caption_metadata
-from curation.concepts import ConceptVocabulary, match_concepts
+from curation.concepts import ConceptVocabulary, match_concepts, text_key
 from curation.decisions import StageCounts, decisions_table
 from curation.features import embedding_matrix
 from curation.opt_out import opt_out_decision
@@ -179,7 +179,7 @@ def _rebalance(context, config: RebalancedImagesConfig, store: TableStore) -> dg
     concepts = [match_concepts(texts.get(s, []), vocabulary) for s in ids]
     if ids:
         result = rebalance(ids, embedding_matrix(eligible), concepts, rb_config,
-                           eligible.column("source_uri").to_pylist())
+                           eligible.column("source_uri").to_pylist(), [text_key(texts.get(s, [])) for s in ids])
         base = result.table()
         p = result.keep_probability
         balanced = (p / p.mean()).astype(np.float32)

@@ -312,7 +312,8 @@ class RebalanceResult:
 
 
 def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: Sequence[Sequence[str]] | None,
-              config: RebalanceConfig, source_uris: Sequence[str] | None = None) -> RebalanceResult:
+              config: RebalanceConfig, source_uris: Sequence[str] | None = None,
+              text_keys: Sequence[str | None] | None = None) -> RebalanceResult:
     """Balance a corpus by embedding clusters and metadata concepts; one ledger decision per dropped/downweighted row.
 
     Args:
@@ -321,6 +322,8 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
         concept_lists: matched concepts per row (`curation.concepts.match_concepts`); None: no concepts.
         config: see `RebalanceConfig`.
         source_uris: per-row source URIs recorded in the ledger ("" when None).
+        text_keys: per-row normalised metadata text (`curation.concepts.text_key`; "" for none): inside a cut cluster
+            a row without a concept is spared when few rows of its cluster share its text. None: no text entries.
 
     Returns:
         `RebalanceResult`, aligned with the input rows. Decisions: drop mode, 'drop' for each dropped row; weight mode,
@@ -338,6 +341,8 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
     if len(concepts) != n:
         raise ValueError("concept_lists must have one entry per sample")
     uris = list(source_uris) if source_uris is not None else [""] * n
+    if text_keys is not None and len(text_keys) != n:
+        raise ValueError("text_keys must have one entry per sample")
 
     # canonical order (by sample_id): clusters and draws do not depend on the row order
     order = np.array(sorted(range(n), key=ids.__getitem__), dtype=np.int64)
@@ -356,7 +361,8 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
                                 config.concept_tail_share)
     p_concept = concept_keep_probability(concepts, t, counts_before)
     if config.cluster_spares_rare_concepts:
-        p_cluster = np.maximum(p_cluster, rare_concept_keep_probability(labels[:, -1], concepts, p_cluster, t))
+        p_cluster = np.maximum(p_cluster, rare_concept_keep_probability(labels[:, -1], concepts, p_cluster, t,
+                                                                        text_keys))
 
     p = np.minimum(p_cluster, p_concept) if config.combine == "min" else p_cluster * p_concept
     if config.mode == "drop":

@@ -18,10 +18,11 @@ Rare concepts inside a cut cluster (`rare_concept_keep_probability`): Vo et al. 
 cluster alike, rare titles with its redundant head. A cluster kept at rate r therefore also gives each concept it
 holds the MetaCLIP cap r x t, and a member's cluster-view probability is the max over its entries (its cluster, its
 (cluster, concept) pairs): a concept with few members there stays whole, the cluster's frequent concepts and its
-unnamed members are cut at Vo et al.'s rate, and the cluster's total exceeds its cap only by the rare members kept. On
-the 34 photos that reach rebalancing in the end-to-end test, k-means put 32 in one top cluster, cut to 17: without
-the entries every rare title kept 0.36-0.44 and the head concept's expected share after rebalancing was 0.42, with
-them the rare titles keep 1.0 and the head's share is 0.25.
+unnamed members are cut at Vo et al.'s rate, and the cluster's total exceeds its cap only by the rare members kept. A
+sample whose metadata text matches no concept has that text as its entry (a title too rare to be a corpus concept is
+rare). On the 34 photos that reach rebalancing in the end-to-end test, k-means put 32 in one top cluster, cut to 17:
+without the entries every rare title kept 0.36-0.44 and the head concept's expected share after rebalancing was 0.42;
+with them the rare titles keep 1.0 and the head's share is 0.25.
 """
 
 from __future__ import annotations
@@ -72,32 +73,40 @@ def default_cluster_cap(top_sizes: np.ndarray, cap_factor: float = 3.0, cap_shar
 
 
 def rare_concept_keep_probability(top: np.ndarray, concept_lists: Sequence[Sequence[str]], p_cluster: np.ndarray,
-                                  t: float) -> np.ndarray:
+                                  t: float, text_keys: Sequence[str | None] | None = None) -> np.ndarray:
     """The keep probability of each sample's (top cluster, concept) entries: MetaCLIP inside a cut cluster.
 
     A top cluster k that Vo et al.'s sampling keeps at rate r_k (mean `p_cluster` of its members) gives each of its
     concepts the cap r_k x t: a concept with m members in k keeps each with min(1, r_k x t / m), the max over the
     sample's concepts (any rare entry keeps it). In an uncut cluster (r_k = 1) this is the concept view itself.
 
+    A sample with metadata text but no concept (with a vocabulary built from the corpus: none of its n-grams is
+    frequent) has its text as its one entry, counted by the samples of the cluster with the same text
+    (`curation.concepts.text_key`): a rare title is spared like a rare concept, a text that many share is not.
+
     Args:
         top: (n,) top-level cluster id of each sample.
         concept_lists: the matched concepts of each sample.
         p_cluster: (n,) Vo et al.'s keep probabilities (`cluster_keep_probability`).
         t: the concept cap (MetaCLIP's t) of the corpus.
+        text_keys: per sample its normalised metadata text ("" or None: none); None: no text entries.
 
     Returns:
-        (n,) float64; 0 for a sample with no concept (nothing but its cluster speaks for it).
+        (n,) float64; 0 for a sample with neither concept nor text (nothing but its cluster speaks for it).
     """
     top = np.asarray(top, dtype=np.int64)
     sizes = np.bincount(top)
     rate = np.bincount(top, weights=np.asarray(p_cluster, np.float64), minlength=len(sizes)) / np.maximum(sizes, 1)
+    keys = [None] * len(top) if text_keys is None else text_keys
+    # a text entry is prefixed with ':', which no concept name (tokens joined by spaces) contains
+    entries = [set(c) if c else ({":" + key} if key else set()) for c, key in zip(concept_lists, keys, strict=True)]
     members: Counter = Counter()
-    for cluster, concepts in zip(top.tolist(), concept_lists, strict=True):
-        members.update((cluster, c) for c in set(concepts))
+    for cluster, mine in zip(top.tolist(), entries, strict=True):
+        members.update((cluster, e) for e in mine)
     p = np.zeros(len(top), np.float64)
-    for i, (cluster, concepts) in enumerate(zip(top.tolist(), concept_lists, strict=True)):
-        if concepts:
-            p[i] = min(1.0, rate[cluster] * t / min(members[(cluster, c)] for c in concepts))
+    for i, (cluster, mine) in enumerate(zip(top.tolist(), entries, strict=True)):
+        if mine:
+            p[i] = min(1.0, rate[cluster] * t / min(members[(cluster, e)] for e in mine))
     return p
 
 

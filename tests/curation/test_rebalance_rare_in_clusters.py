@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from curation.concepts import text_key
 from curation.rebalance import (
     RebalanceConfig,
     cluster_keep_probability,
@@ -37,6 +38,23 @@ def test_entries_inside_a_cut_cluster():
     np.testing.assert_allclose(again, entries[perm])
 
 
+def test_text_entries_for_samples_without_a_concept():
+    """The end-to-end case: rare titles are below the corpus vocabulary's min count, so they match no concept; their
+    text is their entry. A text shared by many members of the cut cluster ('untitled') is not spared."""
+    labels = np.array([[0]] * 10 + [[1]] * 4)
+    p_vo, _ = cluster_keep_probability(labels, budget=9)
+    concepts = [[HEAD]] * 4 + [[]] * 6 + [["c"]] * 4
+    keys = [text_key(HEAD)] * 4 + [text_key("Lighthouse at dusk"), text_key(["origami", "crane"]), "", "", "", ""]
+    keys += [text_key("c")] * 4
+    entries = rare_concept_keep_probability(labels[:, -1], concepts, p_vo, t=4, text_keys=keys)
+    np.testing.assert_allclose(entries[4:6], 1.0)  # one member each: a rare title
+    np.testing.assert_allclose(entries[6:10], 0.0)  # no text at all: only the cluster speaks
+    np.testing.assert_allclose(entries[:4], 0.5)  # a concept is its entry even with text
+    untitled = rare_concept_keep_probability(labels[:, -1], [[]] * 14, p_vo, t=4, text_keys=["untitled"] * 14)
+    np.testing.assert_allclose(untitled[:10], 0.5 * 4 / 10)  # r x t / 10 < Vo et al.'s 0.5: not spared
+    assert text_key(["A  Title!", "", "tag"]) == "a title | tag"
+
+
 def test_a_small_sub_cluster_of_a_cut_cluster_stays_whole():
     """Rarity without a concept: a leaf much smaller than its siblings inside a cut top cluster is kept whole by
     the water-filling (Vo et al.), the big leaf pays."""
@@ -45,14 +63,20 @@ def test_a_small_sub_cluster_of_a_cut_cluster_stays_whole():
     np.testing.assert_allclose(p, [12 / 30] * 30 + [1.0] * 13)
 
 
-@pytest.mark.parametrize("n, concept_cap", [(40, 4.0), (20000, None)])
-def test_dominant_cluster_cut_and_rare_concepts_inside_it_kept(n, concept_cap):
+@pytest.mark.parametrize("n, concept_cap, as_text", [(40, 4.0, False), (40, 4.0, True), (20000, None, False),
+                                                     (20000, None, True)])
+def test_dominant_cluster_cut_and_rare_concepts_inside_it_kept(n, concept_cap, as_text):
     """One concept on ~half of the corpus AND one embedding mass on half, rare concepts inside the mass. n=40 names
-    t = 4 as the end-to-end test does (the default t's floor of 20 is half of so small a corpus)."""
+    t = 4 as the end-to-end test does (the default t's floor of 20 is half of so small a corpus). `as_text`: the
+    rare names are unmatched titles (below the vocabulary's min count), not concepts, as in the end-to-end drop."""
     ds = mixed_dev_set(n, seed=n)
-    result = rebalance(ds.sample_ids, ds.embeddings, ds.concepts, RebalanceConfig(concept_cap=concept_cap))
+    concepts = [[] if rare else c for c, rare in zip(ds.concepts, ds.rare_in_mass, strict=True)] if as_text \
+        else ds.concepts
+    keys = [text_key(c) for c in ds.concepts]  # the rare samples' titles are their names; the unnamed have no text
+    result = rebalance(ds.sample_ids, ds.embeddings, concepts, RebalanceConfig(concept_cap=concept_cap),
+                       text_keys=keys)
     p = result.keep_probability
-    unnamed = np.array([not c for c in ds.concepts])
+    unnamed = np.array([not c for c in ds.concepts])  # no concept and no text
     vo, _ = cluster_keep_probability(result.cluster_labels)  # the cluster rule without the concept entries
     # the mass is one dominant cluster and is cut: its members without a concept keep Vo et al.'s rate, well below 1
     assert vo[ds.mass].mean() < 0.6
