@@ -40,13 +40,15 @@ from tests.curation.rebalance_devset import dev_set, mixed_dev_set, rare_mask  #
 
 
 def old_config(ds, result) -> RebalanceConfig:
-    """The previous defaults, made explicit: t = 0.95 quantile (>= 20), top budget sum(min(size, 3 x median))."""
+    """The previous defaults, made explicit: t = 0.95 quantile (>= 20), top budget sum(min(size, 3 x median)), no
+    concept entries inside cut clusters."""
     counts = concept_counts(ds.concepts)
     t = max(20.0, float(np.quantile(np.fromiter(counts.values(), np.float64), 0.95)))
     top = np.bincount(result.cluster_labels[:, -1])
     top = top[top > 0]
     budget = float(np.minimum(top, 3.0 * np.median(top)).sum())
-    return RebalanceConfig(concept_cap=t, cluster_budget=min(1.0, budget / len(ds.sample_ids)))
+    return RebalanceConfig(concept_cap=t, cluster_budget=min(1.0, budget / len(ds.sample_ids)),
+                           cluster_spares_rare_concepts=False)
 
 
 def rates(ds, kept: np.ndarray) -> dict:
