@@ -18,7 +18,7 @@ from pydantic import Field
 from assets.deduplicated_images import ASSET as DEDUP
 from assets.deduplicated_images import deduplicated_images
 from captioning.captioner import extract_caption_metadata
-from curation.concepts import ConceptVocabulary, match_concepts
+from curation.concepts import ConceptVocabulary, match_concepts, text_key
 from curation.decisions import StageCounts, decisions_table
 from curation.features import embedding_matrix
 from curation.opt_out import opt_out_decision
@@ -55,6 +55,8 @@ class RebalancedImagesConfig(dg.Config):
                                       description="A top cluster above this many times the median is cut to it.")
     cluster_cap_share: float = Field(default=RebalanceConfig.cluster_cap_share,
                                      description="A top cluster above this share of the corpus is cut to it.")
+    cluster_spares_rare_concepts: bool = Field(default=RebalanceConfig.cluster_spares_rare_concepts,
+                                               description="A cut cluster keeps its rare concepts (False: Vo et al.).")
     cluster_budget: float | None = Field(default=None, description="Fraction kept by cluster balancing (None: auto).")
     concept_cap: float | None = Field(default=None, description="MetaCLIP t (None: concept_cap_fraction x samples).")
     concept_cap_fraction: float = Field(default=RebalanceConfig.concept_cap_fraction,
@@ -70,6 +72,7 @@ class RebalancedImagesConfig(dg.Config):
         return RebalanceConfig(levels=self.levels, clusters_per_level=tuple(self.clusters_per_level)
                                if self.clusters_per_level else None, cluster_cap_factor=self.cluster_cap_factor,
                                cluster_cap_share=self.cluster_cap_share, cluster_budget=self.cluster_budget,
+                               cluster_spares_rare_concepts=self.cluster_spares_rare_concepts,
                                concept_cap=self.concept_cap, concept_cap_fraction=self.concept_cap_fraction,
                                combine=self.combine, mode=self.mode, seed=self.seed)
 
@@ -176,7 +179,7 @@ def _rebalance(context, config: RebalancedImagesConfig, store: TableStore) -> dg
     concepts = [match_concepts(texts.get(s, []), vocabulary) for s in ids]
     if ids:
         result = rebalance(ids, embedding_matrix(eligible), concepts, rb_config,
-                           eligible.column("source_uri").to_pylist())
+                           eligible.column("source_uri").to_pylist(), [text_key(texts.get(s, [])) for s in ids])
         base = result.table()
         p = result.keep_probability
         balanced = (p / p.mean()).astype(np.float32)

@@ -194,6 +194,12 @@ def match_concepts(texts: Sequence[str] | str, vocabulary: ConceptVocabulary, pl
     return list(found)
 
 
+def text_key(texts: Sequence[str] | str) -> str:
+    """A sample's metadata texts as one normalised key (tokens, fields in order): two samples with the same words in
+    the same fields share it. `rebalance` uses it as the entry of a sample that matches no concept."""
+    return " | ".join(" ".join(tokenize(t)) for t in ([texts] if isinstance(texts, str) else texts) if t)
+
+
 def match_corpus(texts: Iterable[Sequence[str] | str], vocabulary: ConceptVocabulary,
                  plurals: bool = True) -> list[list[str]]:
     """`match_concepts` for every sample: the `concept_lists` argument of `curation.rebalance.rebalance`."""

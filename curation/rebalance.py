@@ -13,20 +13,9 @@ Two views of "over-represented":
   it, so `p_concept` is the max over its concepts. A sample with no concept has `p_concept = 1`: it is governed by the
   clusters alone.
 
-Default caps are derived from the corpus so that they act at any size (DESIGN: a concept or a cluster holding half
-of the corpus is cut, whether the corpus has 400 or 100M samples):
-
-- concept t = max(`concept_cap_min`, `concept_cap_fraction` x n): a concept matched by more than 5% of the samples
-  keeps about 5% of the corpus; every concept below that keeps everything. A quantile of the per-concept counts (the
-  earlier default) is the head's own count when few concepts exist, so it never cut a head that held 46% of a small
-  corpus, and on a 2,700-concept Zipf tail it fell to ~20 and cut 40% of the non-head samples. MetaCLIP 2's rule
-  (t such that the concepts below t hold a fixed share of all matches) is `concept_tail_share`.
-- top-cluster cap = max(n / k_top, min(`cluster_cap_factor` x median top cluster, `cluster_cap_share` x n)): a top
-  cluster that stands out against the others (a dense mass) or holds more than a quarter of the corpus is cut, never
-  below the equal share n / k_top (with 4 top clusters a uniform corpus has 25% in each). The factor alone missed a
-  broad head at small n: with 4 top clusters, half of the corpus is only ~2x the median.
-
-Measured keep rates on the dev sets of `bench/rebalance_defaults.py` are in bench/BENCHMARKS.md.
+Default caps are derived from the corpus, and a cut cluster spares the rare concepts inside it
+(`curation.rebalance_rules`). Measured keep rates on the dev
+sets of `bench/rebalance_defaults.py` are in bench/BENCHMARKS.md.
 
 The two are combined per sample (`RebalanceConfig.combine`, default `min`), and the keep/drop draw is a deterministic
 uniform from `hash(seed, sample_id)`, so the result is the same whatever the row order. Rows are also sorted by
@@ -47,10 +36,27 @@ import numpy as np
 import pyarrow as pa
 
 from curation.decisions import Decision, StageCounts
+from curation.rebalance_rules import (
+    cluster_keep_probability,
+    concept_counts,
+    concept_keep_probability,
+    default_cluster_cap,
+    default_concept_cap,
+    rare_concept_keep_probability,
+    tail_share_cap,
+    water_fill,
+)
+
+__all__ = [
+    "OVER_CLUSTER", "OVER_CONCEPT", "REBALANCE_CODE_VERSION", "RebalanceConfig", "RebalanceResult",
+    "cluster_keep_probability", "concept_counts", "concept_keep_probability",
+    "default_cluster_cap", "default_clusters_per_level", "default_concept_cap", "hierarchical_kmeans",
+    "kmeanspp_init", "rare_concept_keep_probability", "rebalance", "tail_share_cap", "uniform_from_id", "water_fill",
+]
 
 logger = logging.getLogger(__name__)
 
-REBALANCE_CODE_VERSION = "rebalance-2"
+REBALANCE_CODE_VERSION = "rebalance-3"
 OVER_CLUSTER, OVER_CONCEPT = "over_represented_cluster", "over_represented_concept"
 
 
@@ -80,6 +86,12 @@ class RebalanceConfig:
     cluster_cap_share: float = 0.25
     """With `cluster_budget` None: a top cluster holding more than this share of the corpus is cut to it (never below
     the equal share n / k_top)."""
+    cluster_spares_rare_concepts: bool = True
+    """True: p_cluster = max(Vo et al.'s rate, the (cluster, concept) entries of `rare_concept_keep_probability`), so a
+    dominant cluster is cut in its frequent concepts and unnamed members while a rare concept inside it stays whole.
+    False: Vo et al. as published (every member of a cut cluster cut alike, whatever its concepts). The spared members
+    come on top of the cluster budget (an explicit `cluster_budget` too), and how many depends on t: a huge
+    `concept_cap` declares every concept rare, so the clusters then cut only samples without a concept."""
     concept_cap: float | None = None
     """MetaCLIP's t: a concept matched by c samples keeps each with probability min(1, t / c). None: derived from the
     corpus (`default_concept_cap`)."""
@@ -238,140 +250,6 @@ def hierarchical_kmeans(x: np.ndarray, levels: int, ks: Sequence[int] | None = N
     return labels, centroids
 
 
-def water_fill(sizes: np.ndarray, budget: float) -> np.ndarray:
-    """Share `budget` between groups as equally as possible: allocation min(size, cap) with sum = budget.
-
-    Args:
-        sizes: (m,) non-negative group sizes.
-        budget: total to share (clipped to [0, sum(sizes)]).
-
-    Returns:
-        (m,) float64 allocations.
-    """
-    sizes = np.asarray(sizes, dtype=np.float64)
-    total = sizes.sum()
-    if budget >= total:
-        return sizes.copy()
-    budget = max(0.0, float(budget))
-    order = np.sort(sizes)
-    # cap c solves sum(min(s, c)) = budget; between sorted sizes the sum is linear in c
-    before = np.concatenate([[0.0], np.cumsum(order)[:-1]])  # sum of the sizes below order[i]
-    remaining = len(order) - np.arange(len(order))
-    filled = before + remaining * order  # sum(min(s, order[i]))
-    i = int(np.searchsorted(filled, budget, side="right"))
-    cap = (budget - before[i]) / remaining[i] if i < len(order) else order[-1]
-    return np.minimum(sizes, cap)
-
-
-def default_cluster_cap(top_sizes: np.ndarray, cap_factor: float = 3.0, cap_share: float = 0.25) -> float:
-    """The default cap of a top cluster: max(n / k, min(cap_factor x median size, cap_share x n)).
-
-    The factor catches a dense mass among many top clusters, the share a broad head among few (at small n the top
-    level has ~4 clusters and half of the corpus is only ~2x the median); the floor n / k is the equal share, so a
-    corpus whose top clusters are all about the same size is never cut.
-    """
-    sizes = np.asarray(top_sizes, dtype=np.float64)
-    if len(sizes) == 0:
-        return 0.0
-    n = sizes.sum()
-    return float(max(n / len(sizes), min(cap_factor * np.median(sizes), cap_share * n)))
-
-
-def cluster_keep_probability(labels: np.ndarray, budget: float | None = None, cap_factor: float = 3.0,
-                             cap_share: float = 0.25) -> tuple[np.ndarray, float]:
-    """Vo et al.'s balanced sampling as a keep probability per sample, from a cluster hierarchy.
-
-    The root budget is water-filled across the top clusters, each cluster's allocation across its children, down to
-    the leaves; inside a leaf every sample gets leaf allocation / leaf size.
-
-    Args:
-        labels: (n, levels) cluster ids from `hierarchical_kmeans` (column 0 the leaf, last column the top).
-        budget: expected number of samples kept. None: sum(min(size, `default_cluster_cap`)) over top clusters.
-        cap_factor: see `RebalanceConfig.cluster_cap_factor`.
-        cap_share: see `RebalanceConfig.cluster_cap_share`.
-
-    Returns:
-        (p, budget): p is (n,) float64 in [0, 1]; budget is the root budget used.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.ndim == 1:
-        labels = labels[:, None]
-    n, levels = labels.shape
-    if n == 0:
-        return np.ones(0), 0.0
-    top = labels[:, -1]
-    top_ids, top_sizes = np.unique(top, return_counts=True)
-    if budget is None:
-        budget = float(np.minimum(top_sizes, default_cluster_cap(top_sizes, cap_factor, cap_share)).sum())
-    alloc = dict(zip(top_ids.tolist(), water_fill(top_sizes, budget).tolist(), strict=True))
-    for level in range(levels - 2, -1, -1):
-        pairs, sizes = np.unique(labels[:, [level, level + 1]], axis=0, return_counts=True)
-        child_alloc: dict[int, float] = {}
-        for parent in np.unique(pairs[:, 1]).tolist():
-            rows = pairs[:, 1] == parent
-            shares = water_fill(sizes[rows], alloc[parent])
-            child_alloc.update(zip(pairs[rows, 0].tolist(), shares.tolist(), strict=True))
-        alloc = child_alloc
-    leaf_ids, leaf_inverse, leaf_sizes = np.unique(labels[:, 0], return_inverse=True, return_counts=True)
-    leaf_p = np.array([alloc[i] for i in leaf_ids.tolist()]) / leaf_sizes
-    return np.clip(leaf_p[leaf_inverse], 0.0, 1.0), float(budget)
-
-
-def concept_counts(concept_lists: Sequence[Sequence[str]]) -> Counter:
-    """Samples per concept (a concept counts once per sample)."""
-    counts: Counter = Counter()
-    for concepts in concept_lists:
-        counts.update(set(concepts))
-    return counts
-
-
-def tail_share_cap(counts: Counter, tail_share: float) -> float:
-    """MetaCLIP 2's t from a tail share p: the count at which the concepts sorted by count reach p of all matches.
-
-    Concepts counted below t then hold about p of the matches (MetaCLIP 2 derives p from English's t and applies it
-    per language; `curation` applies it per corpus).
-    """
-    values = np.sort(np.fromiter(counts.values(), np.float64))
-    if len(values) == 0:
-        return 0.0
-    portion = np.cumsum(values) / values.sum()
-    return float(values[int(np.abs(portion - tail_share).argmin())])
-
-
-def default_concept_cap(counts: Counter, n_samples: int, fraction: float = 0.05, minimum: float = 20.0,
-                        tail_share: float | None = None) -> float:
-    """MetaCLIP's t when none is given: max(minimum, fraction x n_samples), or MetaCLIP 2's `tail_share_cap`.
-
-    A fraction of the corpus acts the same whatever the number of distinct concepts: with one concept on half of
-    the samples t is 10% of that concept's count, with thousands of small ones nothing below the fraction is cut.
-    """
-    if tail_share is not None:
-        return float(max(minimum, tail_share_cap(counts, tail_share)))
-    return float(max(minimum, fraction * n_samples))
-
-
-def concept_keep_probability(concept_lists: Sequence[Sequence[str]], t: float | None,
-                             counts: Counter | None = None) -> np.ndarray:
-    """MetaCLIP balancing: p = max over the sample's concepts of min(1, t / count); 1 for a sample with no concept.
-
-    Args:
-        concept_lists: the matched concepts of each sample.
-        t: the per-concept cap (None: `default_concept_cap` over the samples of `concept_lists`).
-        counts: samples per concept (computed from `concept_lists` when None; pass the counts of a larger pool to
-            balance a slice against it).
-
-    Returns:
-        (n,) float64 keep probabilities.
-    """
-    counts = concept_counts(concept_lists) if counts is None else counts
-    t = default_concept_cap(counts, len(concept_lists)) if t is None else float(t)
-    p = np.ones(len(concept_lists), np.float64)
-    for i, concepts in enumerate(concept_lists):
-        if concepts:
-            p[i] = min(1.0, max(t / max(counts[c], 1) for c in concepts))
-    return p
-
-
 def uniform_from_id(seed: int, sample_id: str) -> float:
     """A deterministic uniform in [0, 1) from (seed, sample_id): the same draw whatever the row order or process."""
     digest = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
@@ -434,7 +312,8 @@ class RebalanceResult:
 
 
 def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: Sequence[Sequence[str]] | None,
-              config: RebalanceConfig, source_uris: Sequence[str] | None = None) -> RebalanceResult:
+              config: RebalanceConfig, source_uris: Sequence[str] | None = None,
+              text_keys: Sequence[str | None] | None = None) -> RebalanceResult:
     """Balance a corpus by embedding clusters and metadata concepts; one ledger decision per dropped/downweighted row.
 
     Args:
@@ -443,6 +322,8 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
         concept_lists: matched concepts per row (`curation.concepts.match_concepts`); None: no concepts.
         config: see `RebalanceConfig`.
         source_uris: per-row source URIs recorded in the ledger ("" when None).
+        text_keys: per-row normalised metadata text (`curation.concepts.text_key`; "" for none): inside a cut cluster
+            a row without a concept is spared when few rows of its cluster share its text. None: no text entries.
 
     Returns:
         `RebalanceResult`, aligned with the input rows. Decisions: drop mode, 'drop' for each dropped row; weight mode,
@@ -460,6 +341,8 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
     if len(concepts) != n:
         raise ValueError("concept_lists must have one entry per sample")
     uris = list(source_uris) if source_uris is not None else [""] * n
+    if text_keys is not None and len(text_keys) != n:
+        raise ValueError("text_keys must have one entry per sample")
 
     # canonical order (by sample_id): clusters and draws do not depend on the row order
     order = np.array(sorted(range(n), key=ids.__getitem__), dtype=np.int64)
@@ -477,6 +360,9 @@ def rebalance(sample_ids: Sequence[str], embeddings: np.ndarray, concept_lists: 
         t = default_concept_cap(counts_before, n, config.concept_cap_fraction, config.concept_cap_min,
                                 config.concept_tail_share)
     p_concept = concept_keep_probability(concepts, t, counts_before)
+    if config.cluster_spares_rare_concepts:
+        p_cluster = np.maximum(p_cluster, rare_concept_keep_probability(labels[:, -1], concepts, p_cluster, t,
+                                                                        text_keys))
 
     p = np.minimum(p_cluster, p_concept) if config.combine == "min" else p_cluster * p_concept
     if config.mode == "drop":

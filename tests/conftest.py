@@ -88,11 +88,11 @@ def curated_storage(tmp_path_factory, ray_session):
         rows.append({"file_name": photo.name, "title": RARE_CONCEPTS[i // 3] if rare else HEAD_CONCEPT})
     (drop / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = root / "config.yaml"
-    # a 36-image drop is far below the default t's floor (20): name the cap, as a user with a small drop would; the
-    # head here is a planted title over varied photos, so it is a concept test: the top-cluster share cap (which on
-    # 36 mixed photos cuts whole clusters, rare titles with them) is turned off to isolate the concept rule
+    # a 36-image drop is far below the default t's floor (20): name the cap, as a user with a small drop would. The
+    # cluster rule is the default: k-means puts most of these mixed photos in one top cluster, which is cut, and the
+    # rare titles inside it are spared by their (cluster, concept) entries (curation.rebalance_rules)
     config.write_text(yaml.safe_dump({"assets": {"source_images": {"min_side": 32},
-                                                 "rebalanced_images": {"concept_cap": 4, "cluster_cap_share": 1.0}}}))
+                                                 "rebalanced_images": {"concept_cap": 4}}}))
     storage = str(root / "storage")
     saved_home = os.environ.pop("DAGSTER_HOME", None)
     try:  # what `curate run --source ... --config FILE --select '*rebalanced_images'` does, keeping the summaries

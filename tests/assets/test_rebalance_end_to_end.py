@@ -1,5 +1,6 @@
 """Issue 6, end to end: `curate run --select '*rebalanced_images'` on a drop where one concept ("stock photo") is
-several times more frequent than the rest halves its share, keeps nearly all rare content, and says why."""
+several times more frequent than the rest halves its share, keeps nearly all rare content, and says why; with the
+default cluster rule (issue 14), which cuts the dominant top cluster but not the rare titles inside it."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ def test_head_concept_halved_and_rare_content_kept(run):
     assert share_after <= 0.6 * share_before
     rare = [r for r in table if r["sample_id"] not in head]
     assert sum(r["kept"] for r in rare) >= 0.9 * len(rare)
+    # default cluster rule: the dominant top cluster of these mixed photos is cut (its head-concept members), and
+    # the rare titles inside it are spared, not cut with it
+    assert any(r["p_cluster"] < 1 for r in table if r["sample_id"] in head)
+    assert all(r["p_cluster"] == 1 for r in rare)
     assert all(r["sample_weight"] > 0 for r in kept)
 
 

@@ -155,9 +155,14 @@ def test_weight_mode_keeps_everything(data):
 
 def test_explicit_budget_and_caps(data):
     ids, emb, concepts = data
-    result = rebalance(ids, emb, concepts, RebalanceConfig(cluster_budget=0.5, concept_cap=1e9, seed=0))
+    exact = RebalanceConfig(cluster_budget=0.5, concept_cap=1e9, seed=0, cluster_spares_rare_concepts=False)
+    result = rebalance(ids, emb, concepts, exact)
     assert result.concept_cap == 1e9 and np.all(result.p_concept == 1.0)
     assert result.p_cluster.sum() == pytest.approx(0.5 * len(ids), rel=1e-6)
+    # sparing rare concepts (the default) keeps every concept below r x t on top of the budget: with t = 1e9 that
+    # is every sample of this corpus, all of which carry a concept
+    spared = rebalance(ids, emb, concepts, RebalanceConfig(cluster_budget=0.5, concept_cap=1e9, seed=0))
+    assert np.all(spared.p_cluster == 1.0)
     with pytest.raises(ValueError):
         RebalanceConfig(combine="max")
     with pytest.raises(ValueError):
