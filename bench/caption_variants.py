@@ -102,7 +102,8 @@ def measure(name: str, drops: list[Path], with_ocr: bool) -> tuple[dict, list[di
     examples = []
     for c, item, v in zip(captions, items, variants, strict=True):
         row = {"sample_id": c.sample_id, **{k: getattr(v, k) for k in VARIANT_KINDS},
-               "long_is_distinct": v.long_is_distinct, "quoted": item["quoted"], "entities": item["entities"]}
+               "long_is_distinct": v.long_is_distinct, "medium_note": v.medium_note, "quoted": item["quoted"],
+               "entities": item["entities"]}
         n = fact_count(c.caption, item["quoted"], item["entities"])
         facts.append(n)
         present = [getattr(v, k) for k in VARIANT_KINDS if getattr(v, k)]

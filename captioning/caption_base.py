@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_VERSION = "vlm-caption-v2"
 """Version of the VLM prompt (`SYSTEM_PROMPT`, `INSTRUCTIONS`, `build_prompt`); change it when they change."""
-GROUNDED_VERSION = "grounded-caption-v2"
+GROUNDED_VERSION = "grounded-caption-v3"
 """Version of the grounded composition (recorded as `prompt_version` of grounded captions)."""
 GROUNDED_MODEL = "atelier-grounded"
 """`model` recorded for grounded captions (there are no weights)."""

@@ -11,7 +11,7 @@ VARIANT_KINDS = ("tags", "short", "medium", "long")
 LLM_KINDS = ("tags", "short", "medium")
 """Variants an LLM backend rewrites (`long` is the caption itself)."""
 BACKENDS = ("deterministic", "transformers", "openai")
-DETERMINISTIC_VERSION = "deterministic-v2"
+DETERMINISTIC_VERSION = "deterministic-v3"
 """Recorded as `Variants.prompt_version` for rule-based variants; bump when the rules change."""
 DEFAULT_DISTRIBUTION = {"tags": 0.1, "short": 0.3, "medium": 0.3, "long": 0.3}
 MIN_DISTINCT_FACTS = 3
@@ -121,6 +121,9 @@ class Variants:
     (the loader falls back to `medium`) rather than a copy, and `long_note` says why."""
     long_note: str | None = None
     """Why there is no distinct `long` (None when there is one)."""
+    medium_note: str | None = None
+    """Why `medium` is shorter than `medium_target_words - medium_tolerance` (None when it is not): the caption's facts
+    do not fill a medium that still differs from `long`, and no filler is added."""
 
 
 _PROMPT_V1 = """You rewrite image captions into text-to-image prompts.

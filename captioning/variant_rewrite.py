@@ -22,6 +22,7 @@ from captioning.variant_doc import (
 )
 from captioning.variant_rules import (
     _COLOURS,
+    _COMMON_OPENERS,
     _DANGLING,
     _LEADING_CONJ,
     _ORIENTATION,
@@ -143,7 +144,8 @@ def _render(doc: _Doc, tok_ids: list[int], mode: str) -> str:
                         out[-1] = out[-1][:-1]
                     if out[-1][-1:] not in ",;:!?":
                         out[-1] += ","
-                    if text[:1].isupper() and not t.spans and text.lower() in _STOPWORDS:
+                    if text[:1].isupper() and not t.spans and (text.lower() in _STOPWORDS
+                                                             or _bare(t) in _COMMON_OPENERS):
                         text = text.lower()  # "..., the sign reads" (case only: still the caption's word)
             elif p.sent != t.sent:
                 out[-1] = _close(out[-1])
@@ -201,12 +203,23 @@ def _medium(doc: _Doc, config: VariantConfig) -> str:
     if total > hi:
         return _render(doc, _plan(doc, mandatory, config.medium_target_words, lo), "medium")
     facts = _facts(doc)
-    if len(facts) >= MIN_DISTINCT_FACTS:  # the caption fits: drop its least important fact so long stays distinct
+    if len(facts) >= MIN_DISTINCT_FACTS:  # the caption fits: drop its least important facts so long stays distinct
         floor = medium_floor(total, config)
-        droppable = [ci for ci in facts[1:] if not mandatory.intersection(doc.clauses[ci].toks)
-                     and total - _words_of(doc, doc.clauses[ci].toks) >= floor]
-        if droppable:
-            drop = set(doc.clauses[min(droppable, key=lambda ci: (doc.clauses[ci].score, -ci))].toks)
+        droppable = [ci for ci in facts[1:] if not mandatory.intersection(doc.clauses[ci].toks)]
+        drop: set[int] = set()
+        words = total
+        # one fact at least: the least important that leaves >= lo words if one does, else the least important
+        # above the floor; then more, least important first, while above the target and staying >= lo
+        first = sorted((ci for ci in droppable if total - _words_of(doc, doc.clauses[ci].toks) >= floor),
+                       key=lambda ci: (total - _words_of(doc, doc.clauses[ci].toks) < lo, doc.clauses[ci].score, -ci))
+        for ci in (first[:1] + sorted(droppable, key=lambda ci: (doc.clauses[ci].score, -ci))) if first else []:
+            size = _words_of(doc, doc.clauses[ci].toks)
+            if drop and words <= config.medium_target_words:
+                break
+            if not drop or (not drop.intersection(doc.clauses[ci].toks) and words - size >= max(floor, lo)):
+                drop.update(doc.clauses[ci].toks)
+                words -= size
+        if drop:
             return _render(doc, [i for i in range(len(doc.toks)) if i not in drop], "medium")
         # every fact holds a quote or an entity: trim the words around them instead (a quarter of the caption)
         target = total - max(2, total // 4)
@@ -282,20 +295,27 @@ def _tags(doc: _Doc, config: VariantConfig) -> str:
 
 def _deterministic(doc: _Doc, config: VariantConfig) -> dict[str, Any]:
     medium = _medium(doc, config)
-    return _distinct(doc, {"tags": _tags(doc, config), "short": _short(doc, config, medium),
-                           "medium": medium, "long": doc.long})
+    return _with_notes(doc, {"tags": _tags(doc, config), "short": _short(doc, config, medium),
+                             "medium": medium, "long": doc.long}, config)
 
 
-def _distinct(doc: _Doc, out: dict[str, Any]) -> dict[str, Any]:
-    """Leave `long` empty, with a note, when `medium` already says all of it: a copy teaches nothing new."""
-    out = {**out, "long_is_distinct": True, "long_note": None}
+def _with_notes(doc: _Doc, out: dict[str, Any], config: VariantConfig) -> dict[str, Any]:
+    """Leave `long` empty, with a note, when `medium` already says all of it (a copy teaches nothing new), and say
+    why when `medium` is shorter than its nominal bounds (the caption's facts do not fill one; no filler is added)."""
+    out = {**out, "long_is_distinct": True, "long_note": None, "medium_note": None}
+    facts = len(_facts(doc))
+    plural = "s" if facts != 1 else ""
     if same_text(out["medium"], out["long"]):
-        facts = len(_facts(doc))
         why = ("none of its facts can be dropped (each holds quoted text or a key entity, or is too long to lose)"
                if facts >= MIN_DISTINCT_FACTS else
-               f"the caption states {facts} fact{'s' if facts != 1 else ''} "
-               f"(a distinct long needs {MIN_DISTINCT_FACTS})")
+               f"the caption states {facts} fact{plural} (a distinct long needs {MIN_DISTINCT_FACTS})")
         out.update(long="", long_is_distinct=False,
                    long_note=f"medium holds the whole caption ({_nwords(doc.long)} words): {why}")
+    lo, hi = config.medium_bounds
+    n, total = _nwords(out["medium"]), _nwords(doc.long)
+    if n < lo:
+        why = (f"the whole caption has {total} words ({facts} fact{plural})" if total < lo or not out["long"] else
+               f"the caption states {facts} fact{plural} in {total} words, too few for a medium of {lo} or more "
+               "that still differs from long")
+        out["medium_note"] = f"medium has {n} words, under the {lo}-{hi} bounds: {why}"
     return out
-

@@ -40,6 +40,11 @@ _ORIENTATION = frozenset("""
 vertical horizontal portrait landscape square panoramic panorama close-up closeup aerial overhead top-down
 wide-angle macro low-angle high-angle bird's-eye silhouette silhouetted
 """.split())
+_COMMON_OPENERS = _COLOURS | _ORIENTATION | frozenset("""
+muted vivid warm cool high low lighter darker fine smooth soft bright dark light pale deep
+""".split())
+"""Words that open the grounded captioner's sentences and are never names: lower-cased when a short prompt joins
+their sentence to the previous one ('..., muted colours')."""
 # Words a fragment must not end with (it would dangle once the clause is cut).
 _DANGLING = frozenset("""
 a an the this that these those its his her their our my your of in on at by for from to into onto over under above

@@ -6,9 +6,11 @@ a paragraph. Every caption becomes four variants that differ:
 - `long`: the full caption (whitespace normalised). If a required quoted line or key entity is missing from the
   caption, it is appended at the end (`... "OPEN", Paris.`) so that every variant can keep it.
 - `medium`: about `medium_target_words` words (bounds `medium_target_words +- medium_tolerance`). When the whole
-  caption fits and states at least `MIN_DISTINCT_FACTS` facts (informative clauses), medium drops the least
-  important one; with fewer facts medium is the whole caption and `long` is left empty with
-  `long_is_distinct=False` and a `long_note` (a copy would only double that caption's weight).
+  caption fits and states at least `MIN_DISTINCT_FACTS` facts (informative clauses), medium drops its least
+  important fact, then further ones while it is longer than the target and stays within the bounds; with fewer
+  facts medium is the whole caption and `long` is left empty with `long_is_distinct=False` and a `long_note` (a copy
+  would only double that caption's weight). A medium under the lower bound (the caption's facts do not fill one
+  that still differs from long) carries a `medium_note` saying so: no filler is ever added.
 - `short`: at most `short_max_words` words, and fewer than `medium` when the caption states two facts or more.
 - `tags`: a comma-separated lowercase tag list, no sentences; quoted text is one tag, verbatim in double quotes.
 
@@ -38,6 +40,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from captioning.text_rules import text_problems
 from captioning.variant_config import (
     BACKENDS,
     DEFAULT_DISTRIBUTION,
@@ -64,7 +67,7 @@ from captioning.variant_llm import (
     chat_generator,
     clean_output,
 )
-from captioning.variant_rewrite import _deterministic, _distinct
+from captioning.variant_rewrite import _deterministic, _with_notes
 from captioning.variant_rules import (
     _TRAIL_PUNCT_RE,
     _norm,
@@ -137,6 +140,8 @@ def rewrite_batch(
         for (n, kind, _), raw in zip(pending, _call(generate, prompts), strict=True):
             text = clean_output(kind, raw)
             problems = check_variant(kind, text, docs[n].quotes, docs[n].entities, config, caption=docs[n].long)
+            # the caption rules hold for the rewrite too: no field labels, class labels, file stems or placeholders
+            problems += [m for _, m in text_problems(text, docs[n].quotes, credit_allowed=True)]
             if base[n]["long_is_distinct"] and same_text(text, docs[n].long):
                 problems.append(f"{kind} repeats the caption")  # the facts allow a shorter one
             if not problems:
@@ -152,7 +157,7 @@ def rewrite_batch(
     out = []
     for n, r in enumerate(results):
         reason = "; ".join(failures[n]) + " (after 1 retry; deterministic variant used)" if n in failures else None
-        out.append(Variants(**_distinct(docs[n], r), backend=config.backend, model=model,
+        out.append(Variants(**_with_notes(docs[n], r, config), backend=config.backend, model=model,
                             prompt_version=config.prompt_version, fallback_reason=reason))
     if failures:
         log.info("prompt rewrite: %d of %d captions fell back to deterministic variants", len(failures), len(docs))
