@@ -287,8 +287,9 @@ def visual_clauses(facts: VisualFacts, photograph: bool) -> tuple[str, list[str]
 def character_clauses(facts: VisualFacts) -> tuple[str, list[str]]:
     """'Vivid colours, warm tones, high contrast, a lighter top half, red in the centre, white around the edges.'
 
-    The colour, light and layout facts `visual_facts` measured beyond the palette, in one sentence of clauses: each
-    clause is one fact, true on its own, so a shorter prompt drops whole clauses. Nothing is said where no measure
+    The colour, light and layout facts `visual_facts` measured beyond the palette, as clauses (the caption appends
+    them to the palette's sentence after a semicolon): each clause is one fact, true on its own, so a shorter prompt
+    drops whole clauses. Nothing is said where no measure
     passed its threshold, so a plain image gets no filler ('' and no kinds).
     """
     clauses: list[tuple[str, str]] = []
@@ -336,6 +337,10 @@ def compose_grounded_caption(facts: VisualFacts, meta: dict[str, Any], ocr_lines
         used.append("camera")  # a camera model makes it a photograph; the model itself is not content
     kinds = ["subject"] * len(sentences)
     visual, visual_kinds = visual_clauses(facts, photograph)
+    character, character_kinds = character_clauses(facts)
+    if character:  # one sentence with the palette, so a shorter prompt weighs them clause against clause
+        visual = visual[:-1] + "; " + character[0].lower() + character[1:]
+        visual_kinds = visual_kinds + character_kinds
     text = [grounding.ocr_sentence(ocr_lines)] if ocr_lines else []
     if sentences:  # subject first; without one, the picture itself is the subject and the text follows it
         sentences += text + [visual]
@@ -343,10 +348,6 @@ def compose_grounded_caption(facts: VisualFacts, meta: dict[str, Any], ocr_lines
     else:
         sentences = [visual] + text
         kinds = visual_kinds + ["text"] * len(text)
-    character, character_kinds = character_clauses(facts)
-    if character:
-        sentences.append(character)
-        kinds += character_kinds
     when_where: list[str] = []
     if meta.get("place"):
         place = normalize_quotes(meta["place"])

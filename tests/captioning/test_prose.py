@@ -159,7 +159,7 @@ def test_plain_background_is_measured_not_guessed():
     facts = visual_facts(img)
     assert facts.background == "white"
     assert compose_grounded_caption(facts, extract_caption_metadata({}), []).caption == (
-        "A bright square colour image, mostly red, on a plain white background. Warm tones, high contrast, red in the "
+        "A bright square colour image, mostly red, on a plain white background; warm tones, high contrast, red in the "
         "centre, smooth tones throughout.")  # white around the edges: already said by the background
     assert visual_facts(solid(80, 80, (255, 255, 255))).background is None  # all white: no figure, no background
     noisy = Image.effect_noise((80, 80), 120).convert("RGB")
@@ -198,7 +198,7 @@ def test_character_facts_follow_the_palette_in_the_caption():
                         "high", "top", 0.6, "vivid", "warm", ("red", "white"), ("white", "red"), "fine")
     composed = compose_grounded_caption(facts, extract_caption_metadata({"sidecar": {"caption": "A barn."}}), [])
     assert composed.caption == (
-        "A barn. A bright landscape colour image, mostly white with red. Vivid colours, warm tones, high contrast, a "
+        "A barn. A bright landscape colour image, mostly white with red; vivid colours, warm tones, high contrast, a "
         "lighter top half, red in the centre, white around the edges, white at the top, red at the bottom, fine "
         "texture throughout.")
     assert composed.facts == ["subject", "format", "palette", "saturation", "tones", "contrast", "lighter_side",
