@@ -233,6 +233,8 @@ def _medium(doc: _Doc, config: VariantConfig) -> str:
 # The grounded captioner's field labels ('Title: "..."', 'Tagged ...', 'Taken in ...'): structure, not content.
 _LABEL_WORDS = frozenset({"title", "alt", "description", "described", "tagged", "taken", "made", "credit"})
 _SHADES = frozenset({"light", "dark", "pale", "deep", "bright"})
+_POSITIONS = frozenset({"centre", "center", "edges", "edge", "top", "bottom", "left", "right", "side", "half",
+                        "middle", "corner", "corners"})
 
 
 def _tags(doc: _Doc, config: VariantConfig) -> str:
@@ -253,7 +255,8 @@ def _tags(doc: _Doc, config: VariantConfig) -> str:
 
     def flush() -> None:
         for tag in [" ".join(run)] if len(run) <= 3 else list(run):
-            add(tag)
+            if tag not in _POSITIONS:  # 'centre' alone says nothing; 'lighter top half' does
+                add(tag)
         run.clear()
 
     toks = doc.toks

@@ -498,3 +498,10 @@ def test_medium_flag_check_fails_without_the_note_and_on_a_needless_one():
     assert [c for c, _ in variant_problems(dict(row, medium_note=None))] == ["medium_flag"]
     long_medium = " ".join(["word"] * 25)
     assert "medium_flag" in [c for c, _ in variant_problems(dict(row, medium=long_medium, long=long_medium + " more"))]
+
+
+def test_position_words_alone_are_not_tags():
+    v = rewrite("A cat. A dark square colour image, mostly brown with black; vivid colours, brown in the centre, "
+                "black at the top, a lighter top half.")
+    tags = split_tags(v.tags)
+    assert not {"centre", "top", "edges"} & set(tags) and "lighter top half" in tags and "vivid colours" in tags
