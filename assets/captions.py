@@ -32,7 +32,7 @@ from orchestration.stage_runner import config_hash as stage_hash
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "captions"
-CAPTIONS_CODE_VERSION = "captions-2"
+CAPTIONS_CODE_VERSION = "captions-3"
 
 CAPTIONS_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),

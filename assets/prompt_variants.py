@@ -32,7 +32,7 @@ from orchestration.stage_runner import config_hash as stage_hash
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
 ASSET = "prompt_variants"
-VARIANTS_CODE_VERSION = "variants-3"
+VARIANTS_CODE_VERSION = "variants-4"
 
 VARIANTS_SCHEMA = pa.schema([
     pa.field("sample_id", pa.string(), nullable=False),
@@ -43,6 +43,7 @@ VARIANTS_SCHEMA = pa.schema([
     pa.field("fallback_reason", pa.string()),
     pa.field("long_is_distinct", pa.bool_(), nullable=False),  # False: `long` is '' rather than a copy of medium
     pa.field("long_note", pa.string()),
+    pa.field("medium_note", pa.string()),  # why medium is under its bounds (the caption's facts), else null
     pa.field("caption_backend", pa.string(), nullable=False),
     pa.field("quoted", pa.list_(pa.string()), nullable=False),
     pa.field("entities", pa.list_(pa.string()), nullable=False),
@@ -125,7 +126,7 @@ def variants_process(rewriter: Rewriter, store: TableStore, payload: tuple) -> U
     results = rewrite_batch(items, rewriter.config, rewriter.generator) if items else []
     out = [{"sample_id": r["sample_id"], **{k: getattr(v, k) for k in VARIANT_KINDS}, "backend": v.backend,
             "model": v.model, "prompt_version": v.prompt_version, "fallback_reason": v.fallback_reason,
-            "long_is_distinct": v.long_is_distinct, "long_note": v.long_note,
+            "long_is_distinct": v.long_is_distinct, "long_note": v.long_note, "medium_note": v.medium_note,
             "caption_backend": r["backend"], "quoted": r["quoted"], "entities": r["entities"]}
            for r, v in zip(rows, results, strict=True)]
     return UnitOutput(pa.Table.from_pylist(out, schema=VARIANTS_SCHEMA), decisions, counts, stats.bytes)
@@ -195,6 +196,7 @@ def prompt_variants(context: dg.AssetExecutionContext, config: PromptVariantsCon
                 "length_distribution": dg.MetadataValue.json(variant_config.length_distribution),
                 "examples": dg.MetadataValue.md(table or "-"),
                 "long_not_distinct": sum(not r["long_is_distinct"] for r in records),
+                "medium_under_bounds": sum(r["medium_note"] is not None for r in records),
                 "dagster/row_count": rows.num_rows}
     checks = [
         dg.AssetCheckResult(check_name="coverage", passed=rows.num_rows == len(captioned)

@@ -3,7 +3,8 @@
 Each drop is read and ingested by the pipeline's own pure functions (`plan_units`, `read_unit`, `ingest_item`), OCR
 runs with the embedded engine (rapidocr), then the grounded captioner and the deterministic rewriter. Reported per
 corpus: words per variant (min / p10 / median / p90 / max), facts per caption, share of samples with two variants
-saying the same words (all, and where the caption states >= 3 facts: goal 0), share without a distinct long, quoted
+saying the same words (all, and where the caption states >= 3 facts: goal 0), share without a distinct long, share
+of mediums under 20 words (each with its `medium_note`) and in 20-40 where the caption has room (> 25 words), quoted
 text and entities kept in every variant (goal 100%), and the asset checks' problem counts.
 
     nice -n 10 .venv/bin/python bench/caption_variants.py [--no-ocr] [--out bench/results/caption_variants.md]
@@ -96,13 +97,14 @@ def measure(name: str, drops: list[Path], with_ocr: bool) -> tuple[dict, list[di
     variants = rewrite_batch(items, rewrite_config)
     variant_s = time.perf_counter() - start
     words = {k: [] for k in VARIANT_KINDS}
-    facts, copies, copies3, rich, no_long = [], 0, 0, 0, 0
+    facts, copies, copies3, rich, no_long, medium_notes, wide = [], 0, 0, 0, 0, 0, []
     kept = {"quotes": [0, 0], "entities": [0, 0]}
     problems: Counter[str] = Counter()
     examples = []
     for c, item, v in zip(captions, items, variants, strict=True):
         row = {"sample_id": c.sample_id, **{k: getattr(v, k) for k in VARIANT_KINDS},
-               "long_is_distinct": v.long_is_distinct, "quoted": item["quoted"], "entities": item["entities"]}
+               "long_is_distinct": v.long_is_distinct, "medium_note": v.medium_note, "quoted": item["quoted"],
+               "entities": item["entities"]}
         n = fact_count(c.caption, item["quoted"], item["entities"])
         facts.append(n)
         present = [getattr(v, k) for k in VARIANT_KINDS if getattr(v, k)]
@@ -112,6 +114,9 @@ def measure(name: str, drops: list[Path], with_ocr: bool) -> tuple[dict, list[di
             rich += 1
             copies3 += copy
         no_long += not v.long_is_distinct
+        medium_notes += v.medium_note is not None
+        if len((v.long or v.medium).split()) > 25:  # room for a 20-word medium that still differs from long
+            wide.append(20 <= len(v.medium.split()) <= 40)
         for k in VARIANT_KINDS:
             if getattr(v, k):
                 words[k].append(len(getattr(v, k).split()))
@@ -136,6 +141,8 @@ def measure(name: str, drops: list[Path], with_ocr: bool) -> tuple[dict, list[di
     summary = {"corpus": name, "images": len(rows), "captions": n, "ocr_images_with_text": with_text,
                "facts": _dist(facts), **{f"words_{k}": _dist(words[k]) for k in VARIANT_KINDS},
                "medium_in_20_40": share(sum(20 <= w <= 40 for w in words["medium"]), len(words["medium"])),
+               "medium_in_20_40_where_caption_over_25_words": f"{share(sum(wide), len(wide))} of {len(wide)}",
+               "medium_note (under 20 words, reason recorded)": share(medium_notes, n),
                "short_le_12": share(sum(w <= 12 for w in words["short"]), len(words["short"])),
                "identical_pair_all": share(copies, n), "identical_pair_ge3_facts": f"{share(copies3, rich)} of {rich}",
                "no_distinct_long": share(no_long, n),

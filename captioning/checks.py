@@ -6,8 +6,9 @@ Each problem is `(category, message)`; a category names what went wrong so the a
 - `file_stem` / `class_label` / `placeholder`: 'backpack_dog', 'class: backpack', 'untitled', 'lorem ipsum';
 - `credit`: attribution or licence text ('Photo by', 'CC-BY', URLs) when captions may not credit;
 - `quoted_text_lost` / `entity_lost`: visible text not verbatim, a key name missing;
-- `length`, `tags_sentence`, `identical`, `long_flag`: variant bounds, a tag that is a sentence, two variants with
-  the same words (when the caption states >= `MIN_DISTINCT_FACTS` facts), `long` inconsistent with its flag.
+- `length`, `tags_sentence`, `identical`, `long_flag`, `medium_flag`: variant bounds, a tag that is a sentence, two
+  variants with the same words (when the caption states >= `MIN_DISTINCT_FACTS` facts), `long` inconsistent with its
+  flag, a `medium` under its nominal bounds without a `medium_note` saying why (or a note on one within them).
 
 Quoted spans are excluded from the text checks: visible text is quoted as written, whatever it says.
 """
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from captioning import grounding
-from captioning.prose import CREDIT_RE, FIELD_LABEL_RE, FILE_STEM_TOKEN_RE
+from captioning.text_rules import Problem, _outside_quotes, text_problems
 from captioning.variants import (
     MIN_DISTINCT_FACTS,
     VARIANT_KINDS,
@@ -31,45 +32,8 @@ from captioning.variants import (
     split_tags,
 )
 
-Problem = tuple[str, str]
-
-_QUOTED_RE = re.compile(r"\"[^\"]*\"|“[^”]*”")
-_CLASS_RE = re.compile(r"(?<![\w'])(?:class|label|category)\s*[:=]", re.IGNORECASE)
-_PLACEHOLDER_RE = re.compile(
-    r"\b(?:lorem ipsum|untitled|placeholder|no (?:caption|description|title)|caption here|todo|tbd|n/a)\b|"
-    r"<[a-z_ ]+>|\[(?:image|caption|photo)\]|\{[a-z_]+\}", re.IGNORECASE)
 MAX_TAG_WORDS = 4
 """A tag (other than quoted text) with more words than this is a sentence, not a tag."""
-
-
-def _outside_quotes(text: str, keep: Sequence[str] = ()) -> str:
-    for line in sorted(keep, key=len, reverse=True):
-        if line:
-            text = text.replace(line, " ")
-    return _QUOTED_RE.sub(" ", text)
-
-
-def text_problems(text: str, quoted: Sequence[str] = (), credit_allowed: bool = False) -> list[Problem]:
-    """Labels, file stems, class labels, placeholders and (unless allowed) credits in a caption or variant.
-
-    Args:
-        text: a caption or a prompt variant.
-        quoted: visible text lines (excluded, like every quoted span).
-        credit_allowed: the captioner was configured to credit creators.
-    """
-    plain = _outside_quotes(text, quoted)
-    out: list[Problem] = []
-    if m := FIELD_LABEL_RE.search(plain):
-        out.append(("field_label", f"field label {m.group(0)!r}"))
-    if m := _CLASS_RE.search(plain):
-        out.append(("class_label", f"class label {m.group(0)!r}"))
-    if m := FILE_STEM_TOKEN_RE.search(plain):
-        out.append(("file_stem", f"file-stem text {m.group(0)!r}"))
-    if m := _PLACEHOLDER_RE.search(plain):
-        out.append(("placeholder", f"placeholder text {m.group(0)!r}"))
-    if not credit_allowed and (m := CREDIT_RE.search(plain)):
-        out.append(("credit", f"credit or licence text {m.group(0)!r}"))
-    return out
 
 
 def caption_problems(caption: str, quoted: Sequence[str] = (), entities: Sequence[str] = (),
@@ -106,7 +70,7 @@ def variant_problems(row: Mapping[str, Any], config: VariantConfig | None = None
     """Everything wrong with one `prompt_variants` row.
 
     Args:
-        row: `tags`, `short`, `medium`, `long`, `long_is_distinct`, `quoted`, `entities`.
+        row: `tags`, `short`, `medium`, `long`, `long_is_distinct`, `medium_note`, `quoted`, `entities`.
         config: the bounds the variants were made with.
     """
     config = config or VariantConfig()
@@ -119,6 +83,12 @@ def variant_problems(row: Mapping[str, Any], config: VariantConfig | None = None
         out.append(("long_flag", "long is empty but long_is_distinct is true"))
     if not distinct and row.get("long"):
         out.append(("long_flag", "long is written although long_is_distinct is false (a copy)"))
+    medium_words = len(str(row.get("medium") or "").split())
+    if row.get("medium") and medium_words < config.medium_bounds[0] and not row.get("medium_note"):
+        out.append(("medium_flag", f"medium has {medium_words} words, under {config.medium_bounds[0]}, and no "
+                                   "medium_note says why"))
+    if row.get("medium_note") and medium_words >= config.medium_bounds[0]:
+        out.append(("medium_flag", "medium_note is set although medium is within its bounds"))
     kinds = [k for k in VARIANT_KINDS if k != "long" or distinct]
     for kind in kinds:
         text = str(row.get(kind) or "")

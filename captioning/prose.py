@@ -6,7 +6,9 @@ file-stem titles ('backpack_dog'), dataset class labels ('class: backpack'), sto
 
 The grounded caption is built in the order a person describes a picture: the subject (the best metadata caption or
 alt text, cleaned), the visible text in double quotes, what the pixels show (light, orientation, colour or
-black-and-white, palette, plain background), then where and when (metadata place and date). Credits stay in the
+black-and-white, palette, plain background; then vivid or muted colours, warm or cool tones, contrast, the lighter
+side, the colours of centre, edges, top and bottom, texture, where measured), then where and when (metadata place
+and date). Credits stay in the
 metadata unless `credit=True`. Double quotes in a caption mean visible text only: quotes inside metadata text become
 single quotes, so the prompt variants never mistake a description for text to render.
 """
@@ -40,7 +42,8 @@ CREDIT_RE = re.compile(
     r"(?:\b(?:photo|image|picture|photograph)s?\s+(?:taken\s+)?(?:by|courtesy of|credit)\b|\bcourtesy of\b|"
     r"\bcredits?\s*:|©|\(c\)\s|\bcopyright\b|\ball rights reserved\b|\blicen[cs]ed under\b|\blicen[cs]e\s*:|"
     r"\bcc[- ]?by(?:[- ](?:sa|nd|nc))*(?:[- ]\d\.\d)?\b|\bcc0\b|\bpublic domain\b|\broyalty[- ]free\b|"
-    r"\bstock (?:photo|image)\b|https?://\S+|\bwww\.\S+|\bunsplash\b)", re.IGNORECASE)
+    r"\bstock (?:photo|image)\b|https?://\S+|\bwww\.\S+|\bunsplash\b|\b(?:shot|photographed) by\b|"
+    r"(?<![\w.@])@[A-Za-z0-9_]{3,}\b)", re.IGNORECASE)
 """Attribution, licence and stock boilerplate: metadata, never visible content."""
 _PREFIX_RE = re.compile(
     r"^(?:(?:this|here) (?:is|shows)\s+)?(?:an?\s+|the\s+)?"
@@ -49,7 +52,9 @@ _PREFIX_RE = re.compile(
     re.IGNORECASE)
 _PREAMBLE_RE = re.compile(
     r"^(?:(?:the|this) (?:image|photo|photograph|picture) (?:shows|depicts|features|captures|is of)\s+|"
-    r"in (?:the|this) (?:image|photo|photograph|picture),?\s+|here is\s+|(?:sure|certainly)[,!.]\s+)",
+    r"in (?:the|this) (?:image|photo|photograph|picture),?\s+|"
+    r"here(?: is|'s) (?:a|the|your) (?:detailed )?(?:caption|description)(?: of (?:the|this) image)?\s*:\s*|"
+    r"here is\s+|(?:sure|certainly)[,!.]\s+)",
     re.IGNORECASE)
 _PAREN_RE = re.compile(r"\s*\(([^()]*)\)")
 _MARKDOWN_RE = re.compile(r"(\*\*|__|^#+\s*|^\s*[-*•]\s+|`)", re.MULTILINE)
@@ -127,8 +132,16 @@ def _strip_credit_parts(text: str) -> str:
     text = _PAREN_RE.sub(lambda m: "" if CREDIT_RE.search(m.group(1)) or FILE_STEM_TOKEN_RE.fullmatch(
         m.group(1).strip()) else m.group(0), text)
     text = grounding.normalize_space(_INLINE_LICENCE_RE.sub(" ", text))
-    sentences = re.split(r"(?<=[.!?])\s+", text)
-    return " ".join(s for s in sentences if not CREDIT_RE.search(s))
+    kept = []
+    for s in re.split(r"(?<=[.!?])\s+", text):
+        if not CREDIT_RE.search(s):
+            kept.append(s)
+            continue
+        clauses = re.split(r",\s+", s)  # 'A teapot on a table, shot by @someone.': the description survives
+        if not CREDIT_RE.search(clauses[0]):
+            rest = ", ".join(c for c in clauses if not CREDIT_RE.search(c)).rstrip(" ,;:")
+            kept.append(rest if rest.endswith(grounding.TERMINAL) else rest + ".")
+    return " ".join(kept)
 
 
 def clean_description(text: str | None) -> str | None:
@@ -271,6 +284,39 @@ def visual_clauses(facts: VisualFacts, photograph: bool) -> tuple[str, list[str]
     return ", ".join(parts) + ".", kinds
 
 
+def character_clauses(facts: VisualFacts) -> tuple[str, list[str]]:
+    """'Vivid colours, warm tones, high contrast, a lighter top half, red in the centre, white around the edges.'
+
+    The colour, light and layout facts `visual_facts` measured beyond the palette, as clauses (the caption appends
+    them to the palette's sentence after a semicolon): each clause is one fact, true on its own, so a shorter prompt
+    drops whole clauses. Nothing is said where no measure
+    passed its threshold, so a plain image gets no filler ('' and no kinds).
+    """
+    clauses: list[tuple[str, str]] = []
+    if facts.saturation_label:
+        clauses.append((f"{facts.saturation_label} colours", "saturation"))
+    if facts.tones:
+        clauses.append((f"{facts.tones} tones", "tones"))
+    if facts.contrast_label:
+        clauses.append((f"{facts.contrast_label} contrast", "contrast"))
+    if facts.lighter_side:
+        part = "half" if facts.lighter_side in ("top", "bottom") else "side"
+        clauses.append((f"a lighter {facts.lighter_side} {part}", "lighter_side"))
+    if facts.centre_colour:
+        inner, outer = facts.centre_colour
+        clauses.append((f"{inner} in the centre", "centre"))
+        if outer != facts.background:  # the plain background already says what surrounds it
+            clauses.append((f"{outer} around the edges", "edges"))
+    if facts.top_bottom:
+        clauses += [(f"{facts.top_bottom[0]} at the top", "top"), (f"{facts.top_bottom[1]} at the bottom", "bottom")]
+    if facts.texture:
+        clauses.append(("fine texture throughout" if facts.texture == "fine" else "smooth tones throughout",
+                        "texture"))
+    if not clauses:
+        return "", []
+    return sentence(", ".join(text for text, _ in clauses)), [kind for _, kind in clauses]
+
+
 def compose_grounded_caption(facts: VisualFacts, meta: dict[str, Any], ocr_lines: Sequence[str],
                              source_uri: str | None = None, credit: bool = False) -> Composition:
     """Compose the grounded caption: subject, visible text, what the pixels show, place and date (and credit).
@@ -291,6 +337,10 @@ def compose_grounded_caption(facts: VisualFacts, meta: dict[str, Any], ocr_lines
         used.append("camera")  # a camera model makes it a photograph; the model itself is not content
     kinds = ["subject"] * len(sentences)
     visual, visual_kinds = visual_clauses(facts, photograph)
+    character, character_kinds = character_clauses(facts)
+    if character:  # one sentence with the palette, so a shorter prompt weighs them clause against clause
+        visual = visual[:-1] + "; " + character[0].lower() + character[1:]
+        visual_kinds = visual_kinds + character_kinds
     text = [grounding.ocr_sentence(ocr_lines)] if ocr_lines else []
     if sentences:  # subject first; without one, the picture itself is the subject and the text follows it
         sentences += text + [visual]
@@ -322,6 +372,17 @@ def compose_grounded_caption(facts: VisualFacts, meta: dict[str, Any], ocr_lines
     return Composition(" ".join(sentences), list(dict.fromkeys(used)), list(dict.fromkeys(entities)), kinds)
 
 
+_METADATA_LABEL_RE = re.compile(r"(?i)(credits?|licen[cs]e|source|copyright|photographer|author|camera|filename|"
+                                r"file name|keywords|tags|tagged|date taken)\b")
+"""Labels whose whole sentence is metadata, never content ('Credit: ...', 'Keywords: ...')."""
+_FILE_NAME_TALK_RE = re.compile(r"(?i)\bfile ?names?\b|\bfilename\b")
+_CLASS_CLAUSE_RE = re.compile(r"(?i),\s*(?:class|label|category)\s*[:=][^,.;!?]*")
+_CLASS_PREFIX_RE = re.compile(r"(?i)^\s*(?:class|label|category)\s*[:=]\s*")
+_LONE_QUOTE_RE = re.compile(r'^["“]([^"”]+)["”]\s*(?=[.!?]?$)')
+PLACEHOLDER_WORD_RE = re.compile(r"(?i)\b(?:untitled|no title|no caption|no description|placeholder|lorem ipsum)\b")
+"""A stand-in for a missing title or caption: dropped when it is (nearly) the whole sentence."""
+
+
 def clean_vlm_caption(text: str, ocr_lines: Sequence[str] = (), credit: bool = False) -> str:
     """The same rules for a VLM's caption: no markdown, preamble, field labels, file stems, credits or licences.
 
@@ -343,21 +404,30 @@ def clean_vlm_caption(text: str, ocr_lines: Sequence[str] = (), credit: bool = F
             protected[key] = line
             text = text.replace(line, key)
     text = _MARKDOWN_RE.sub("", text)
+    text = re.sub(r"(?<![.!?:;,])[ \t]*\n+\s*", ". ", text.strip())  # a list item or line is a sentence of its own
     text = grounding.normalize_space(text)
     text = _PREAMBLE_RE.sub("", text)
     kept = []
     for s in re.split(r"(?<=[.!?])\s+", text):
         label = FIELD_LABEL_RE.match(s.strip())
-        if label and re.match(r"(?i)(credits?|licen[cs]e|source|copyright|photographer|author|camera|filename|"
-                              r"file name)\b", label.group(0)):
+        if label and _METADATA_LABEL_RE.match(label.group(0)):
             continue
+        if _FILE_NAME_TALK_RE.search(s) and not any(k in s for k in protected):
+            continue  # 'The file name is cat__04.jpg.': metadata, whatever is left of it
         if not credit and CREDIT_RE.search(s) and not any(k in s for k in protected):
             s = _strip_credit_parts(s)
             if not s.strip():
                 continue
+        s = _CLASS_CLAUSE_RE.sub("", s)  # ', label: bowl' adds nothing a description has not said
+        s = _CLASS_PREFIX_RE.sub("", s)  # 'class: backpack.' -> 'backpack.'
         s = FIELD_LABEL_RE.sub("", s)
         s = FILE_STEM_TOKEN_RE.sub("", s)
-        kept.append(grounding.normalize_space(s).strip(" ,;:"))
+        if label or _CLASS_PREFIX_RE.match(s):
+            s = _LONE_QUOTE_RE.sub(r"\1", s.strip())  # 'Title: "backpack"': a title, not visible text
+        s = grounding.normalize_space(s).strip(" ,;:")
+        if len(s.split()) <= 3 and PLACEHOLDER_WORD_RE.search(s) and not any(k in s for k in protected):
+            continue  # 'Untitled.'
+        kept.append(s)
     out = " ".join(sentence(s) for s in kept if s)
     for key, line in protected.items():
         out = out.replace(key, line)

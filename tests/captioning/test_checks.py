@@ -38,7 +38,8 @@ def test_caption_checks_fail_on_the_old_labelled_captions():
 
 def _row(v, quoted=(), entities=()) -> dict:
     return {"sample_id": "s" * 64, "tags": v.tags, "short": v.short, "medium": v.medium, "long": v.long,
-            "long_is_distinct": v.long_is_distinct, "quoted": list(quoted), "entities": list(entities)}
+            "long_is_distinct": v.long_is_distinct, "medium_note": v.medium_note, "quoted": list(quoted),
+            "entities": list(entities)}
 
 
 def test_variant_checks_fail_on_copies_labels_lengths_and_lost_text():

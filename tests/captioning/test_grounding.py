@@ -174,15 +174,16 @@ def test_grounded_caption_composes_facts_metadata_and_ocr():
     # subject, visible text, pixels, place and date: prose, no labels, no camera model, no licence
     assert result.caption == (
         'A path through the woods of Fontainebleau in autumn. The visible text reads "SENTIER". '
-        "A landscape colour photograph, mostly dark green with brown. Taken in Fontainebleau, France, on 12 October "
-        "2021.")
+        "A landscape colour photograph, mostly dark green with brown; vivid colours, low contrast, smooth tones "
+        "throughout. Taken in Fontainebleau, France, on 12 October 2021.")
     assert (result.backend, result.model, result.prompt_version, result.attempts, result.failure) == (
         "grounded", GROUNDED_MODEL, GROUNDED_VERSION, 1, None)
     assert result.inputs["ocr_lines"] == ["SENTIER"] and result.inputs["ocr_lines_below_min_score"] == 1
     assert result.inputs["metadata_fields"] == ["exif.DateTimeOriginal", "exif.Make", "exif.Model", "sidecar.caption",
                                                 "sidecar.location"]
     assert result.inputs["entities"] == ["Fontainebleau, France"]
-    assert result.inputs["facts"] == ["subject", "text", "format", "palette", "place", "date"]
+    assert result.inputs["facts"] == ["subject", "text", "format", "palette", "saturation", "contrast", "texture",
+                                      "place", "date"]
     assert not FIELD_LABEL_RE.search(result.caption) and "Canon" not in result.caption
     assert result.inputs["visual_facts"]["orientation"] == "landscape"
     assert "blurry" not in result.caption and "OLYMPUS" not in result.caption
@@ -198,9 +199,10 @@ def test_grounded_caption_is_deterministic_and_invents_no_entities():
     first = captioner.caption_batch(inputs)
     assert [r.to_record() for r in first] == [r.to_record() for r in captioner.caption_batch(inputs)]
     # no subject in the metadata: the picture itself comes first, then its text
-    assert first[0].caption == ('A portrait colour image, mostly white with dark blue. '
+    assert first[0].caption == ("A portrait colour image, mostly white with dark blue; cool tones, high contrast, "
+                                "a lighter left side, smooth tones throughout. "
                                 'The visible text reads "Grand Opening" and "Sat 10am".')
-    assert first[1].caption == "A square black-and-white image, mostly grey."
+    assert first[1].caption == "A square black-and-white image, mostly grey; low contrast, smooth tones throughout."
     # every capitalised word of a grounded caption comes from its fixed vocabulary, the OCR text or the metadata
     allowed = {"A", "An", "The", "Taken", "Made"}
     for result, inp in zip(first, inputs, strict=True):

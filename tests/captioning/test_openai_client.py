@@ -240,7 +240,8 @@ def test_fallback_to_grounded_keeps_the_failure_reason():
         [result] = run(config(server, fallback_to_grounded=True), [sample(0, [("SALE", 0.9)])])
     assert result.failure == grounding.CAPTION_REPETITIVE and result.fallback_from == "openai"
     assert result.backend == "grounded" and result.attempts == 2
-    assert result.caption == 'Card 0. The visible text reads "SALE". A landscape colour image, mostly red.'
+    assert result.caption == ('Card 0. The visible text reads "SALE". A landscape colour image, mostly red; '
+                              "vivid colours, warm tones, low contrast, smooth tones throughout.")
 
 
 def test_labels_credits_and_preamble_are_removed_from_vlm_captions():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from captioning.captioner import CaptionerConfig, CaptionInput, extract_caption_metadata, load_captioner
+from captioning.checks import caption_problems
 from captioning.prose import (
     FIELD_LABEL_RE,
+    character_clauses,
     class_label,
     clean_description,
     clean_vlm_caption,
@@ -107,7 +110,7 @@ def test_vlm_captions_get_the_same_rules():
     raw = ('**The image shows** a diner at night. Title: "Diner". The neon sign reads "OPEN 24 HOURS". '
            "Photo by Jane Doe, licensed under CC-BY 4.0. Source: https://example.org/x. backpack_dog is visible.")
     cleaned = clean_vlm_caption(raw, ["OPEN 24 HOURS"])
-    assert cleaned == ('A diner at night. "Diner". The neon sign reads "OPEN 24 HOURS". Is visible.')
+    assert cleaned == ('A diner at night. Diner. The neon sign reads "OPEN 24 HOURS". Is visible.')
     assert not FIELD_LABEL_RE.search(cleaned) and "Jane" not in cleaned and "http" not in cleaned
     # OCR text is never touched, even when it looks like a label, a credit or a file name
     assert clean_vlm_caption('The sign reads "Credit: IMG_01.jpg".', ["Credit: IMG_01.jpg"]) == (
@@ -119,14 +122,85 @@ def test_vlm_captions_get_the_same_rules():
     assert metadata_entities("A temple.", {"title": "Golden Pavilion"}) == []  # only names the caption holds
 
 
+DIRTY_VLM_OUTPUTS = [
+    ('Title: "backpack". Description: A red backpack on a bench. Credit: Jane Doe.',
+     "Backpack. A red backpack on a bench."),
+    ("**Caption:** A dog on grass.\n- Tags: dog, grass\n- License: CC BY-SA 4.0", "A dog on grass."),
+    ("A photograph of a cat (photo by John Smith / Unsplash). The file name is cat__04.jpg.",
+     "A photograph of a cat."),
+    ("class: backpack. A backpack on a wooden floor.", "Backpack. A backpack on a wooden floor."),
+    ("The image shows a clock. Image courtesy of the Met Museum. © 2020 Someone. All rights reserved.", "A clock."),
+    ("Here is a caption: A teapot on a dark table, shot by @laurachouette, https://unsplash.com/photos/x.",
+     "A teapot on a dark table."),
+    ('A poster that reads "Photo by Jane", pinned to a wall. Photographer: Jane Doe.',
+     'A poster that reads "Photo by Jane", pinned to a wall.'),
+    ("Keywords: beach, sunset. A beach at sunset. Source: Flickr.", "A beach at sunset."),
+    ("A bowl of berries IMG_1234 on a white cloth, label: bowl.", "A bowl of berries on a white cloth."),
+    ("Untitled. A grey stone wall.", "A grey stone wall."),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), DIRTY_VLM_OUTPUTS)
+def test_vlm_clean_up_meets_the_caption_check(raw, expected):
+    # the rules of the grounded prose, applied to what a VLM writes anyway: the same check the `captions` asset runs
+    # finds nothing left, and the visible text (OCR) survives verbatim even when it reads like a credit
+    ocr = ["Photo by Jane"] if "Photo by Jane" in raw else []
+    cleaned = clean_vlm_caption(raw, ocr)
+    assert cleaned == expected
+    assert caption_problems(cleaned, ocr) == []
+    assert caption_problems(raw, ocr) != []  # the check does fail on the raw output
+    # with credits allowed, labels, stems and placeholders still go
+    assert caption_problems(clean_vlm_caption(raw, ocr, credit=True), ocr, credit_allowed=True) == []
+
+
 def test_plain_background_is_measured_not_guessed():
     img = Image.new("RGB", (80, 80), (255, 255, 255))
     img.paste((200, 20, 20), (20, 20, 60, 60))
     facts = visual_facts(img)
     assert facts.background == "white"
     assert compose_grounded_caption(facts, extract_caption_metadata({}), []).caption == (
-        "A bright square colour image, mostly red, on a plain white background.")
+        "A bright square colour image, mostly red, on a plain white background; warm tones, high contrast, red in the "
+        "centre, smooth tones throughout.")  # white around the edges: already said by the background
     assert visual_facts(solid(80, 80, (255, 255, 255))).background is None  # all white: no figure, no background
     noisy = Image.effect_noise((80, 80), 120).convert("RGB")
     assert visual_facts(noisy).background is None
     assert plain_background(__import__("numpy").zeros((3, 3), dtype=int)) is None  # too small to tell
+
+
+def test_light_colour_and_layout_are_measured_and_said_only_where_they_stand_out():
+    halves = Image.new("RGB", (96, 64), (255, 255, 255))
+    halves.paste((0, 0, 0), (0, 32, 96, 64))
+    f = visual_facts(halves)
+    assert (f.contrast_label, f.lighter_side, f.top_bottom, f.saturation_label, f.tones) == (
+        "high", "top", ("white", "black"), None, None)  # black-and-white: no saturation or tones to name
+    figure = Image.new("RGB", (80, 80), (10, 20, 90))
+    figure.paste((220, 30, 30), (25, 25, 55, 55))
+    f = visual_facts(figure)
+    assert (f.background, f.centre_colour, f.saturation_label, f.tones) == ("dark blue", ("red", "dark blue"),
+                                                                            "vivid", "cool")
+    assert character_clauses(f) == ("Vivid colours, cool tones, red in the centre, smooth tones throughout.",
+                                    ["saturation", "tones", "centre", "texture"])  # the edges: the background
+    checker = np.where((np.indices((64, 64)).sum(0) % 2)[..., None], 140, 110).repeat(3, -1).astype(np.uint8)
+    f = visual_facts(Image.fromarray(checker))
+    assert (f.texture, f.contrast_label) == ("fine", "low")  # many small steps, little overall range
+    assert visual_facts(solid(40, 40, (153, 140, 132))).saturation_label == "muted"
+    side = Image.new("RGB", (96, 64), (250, 240, 60))
+    side.paste((200, 30, 20), (48, 0, 96, 64))
+    f = visual_facts(side)
+    assert (f.lighter_side, f.tones, f.saturation_label) == ("left", "warm", "vivid")
+    # an ordinary photo-like image with nothing extreme gets no character sentence at all: no filler
+    plain = VisualFacts(64, 64, "square", False, 0.5, None, (("grey", 0.6),), contrast=0.2, saturation=0.3)
+    assert character_clauses(plain) == ("", [])
+
+
+def test_character_facts_follow_the_palette_in_the_caption():
+    facts = VisualFacts(64, 48, "landscape", False, 0.8, "bright", (("white", 0.6), ("red", 0.3)), None, 0.3,
+                        "high", "top", 0.6, "vivid", "warm", ("red", "white"), ("white", "red"), "fine")
+    composed = compose_grounded_caption(facts, extract_caption_metadata({"sidecar": {"caption": "A barn."}}), [])
+    assert composed.caption == (
+        "A barn. A bright landscape colour image, mostly white with red; vivid colours, warm tones, high contrast, a "
+        "lighter top half, red in the centre, white around the edges, white at the top, red at the bottom, fine "
+        "texture throughout.")
+    assert composed.facts == ["subject", "format", "palette", "saturation", "tones", "contrast", "lighter_side",
+                              "centre", "edges", "top", "bottom", "texture"]
+    assert caption_problems(composed.caption) == []

@@ -278,6 +278,23 @@ def test_llm_bad_output_retries_once_then_falls_back():
     assert "medium" not in v.fallback_reason and "tags" not in v.fallback_reason
 
 
+def test_llm_answers_with_labels_or_file_stems_are_rejected_like_captions():
+    caption, quoted, entities = CAPTIONS["quote_and_entity"]
+    rounds: list[list[str]] = []
+
+    def generate(prompts):
+        rounds.append(prompts)
+        bad = {"tags": GOOD["tags"], "short": 'Title: tram_photo, "PLACE DU TROCADÉRO", Eiffel Tower',
+               "medium": GOOD["medium"]}
+        return [bad[_kind_of(p)] for p in prompts]
+
+    v = rewrite(caption, quoted, entities, VariantConfig(backend="openai"), generator=generate)
+    assert len(rounds) == 2 and len(rounds[1]) == 1 and "field label 'Title:'" in rounds[1][0]
+    assert "file-stem text 'tram_photo'" in rounds[1][0]
+    assert v.short == rewrite(caption, quoted, entities, CFG).short and "field label" in v.fallback_reason
+    assert v.medium == GOOD["medium"] and v.medium_note is None  # 27 words: within the bounds, nothing to explain
+
+
 def test_llm_retry_success_has_no_fallback_and_batch_is_one_call_per_round():
     items = [CAPTIONS["quote_and_entity"], CAPTIONS["very_short"]]
     rounds = []
@@ -446,3 +463,45 @@ def test_random_captions_always_pass_checks():
                     continue
                 assert check_variant(kind, text, quotes, entities, cfg, caption=full) == [], (caption, kind, text)
                 assert invented_words(text, caption, quoted, entities) == set(), (caption, kind, text)
+
+
+def test_medium_is_medium_where_the_facts_allow_and_says_why_where_not():
+    rich = ("A red tram on a wet street. A landscape colour photograph, mostly grey with red and dark blue. Vivid "
+            "colours, cool tones, high contrast, a lighter top half, red in the centre, grey around the edges, fine "
+            "texture throughout. Taken in Lisbon on 3 May 2019.")
+    v = rewrite(rich, (), ["Lisbon"])
+    n_long, n_medium = len(v.long.split()), len(v.medium.split())
+    assert n_long > 40 or n_long == len(rich.split())
+    assert 20 <= n_medium <= 30 < n_long and v.medium_note is None  # facts dropped down to the target, not one
+    assert v.long_is_distinct and not same_text(v.medium, v.long) and not same_text(v.short, v.medium)
+    assert "Lisbon" in v.medium and invented_words(v.medium, rich) == set()
+    # 36 words of caption, five facts: dropping the least important one leaves ~30 words
+    fits = ("A red tram on a wet street. A landscape colour photograph, mostly grey with red and dark blue. Vivid "
+            "colours, cool tones, a lighter top half, fine texture throughout.")
+    v = rewrite(fits)
+    assert 20 <= len(v.medium.split()) < len(v.long.split()) and v.medium_note is None
+    # a 12-word caption: a distinct long and a short medium, with the reason instead of filler
+    few = "A backpack. A square colour image, mostly light grey with dark grey."
+    v = rewrite(few)
+    assert v.long_is_distinct and len(v.medium.split()) < 20
+    assert v.medium_note == ("medium has 6 words, under the 20-40 bounds: the whole caption has 12 words (3 facts)")
+    assert invented_words(v.medium, few) == set()
+
+
+def test_medium_flag_check_fails_without_the_note_and_on_a_needless_one():
+    from captioning.checks import variant_problems
+
+    v = rewrite("A backpack. A square colour image, mostly light grey with dark grey.")
+    row = {"sample_id": "s", "tags": v.tags, "short": v.short, "medium": v.medium, "long": v.long,
+           "long_is_distinct": v.long_is_distinct, "medium_note": v.medium_note, "quoted": [], "entities": []}
+    assert variant_problems(row) == []
+    assert [c for c, _ in variant_problems(dict(row, medium_note=None))] == ["medium_flag"]
+    long_medium = " ".join(["word"] * 25)
+    assert "medium_flag" in [c for c, _ in variant_problems(dict(row, medium=long_medium, long=long_medium + " more"))]
+
+
+def test_position_words_alone_are_not_tags():
+    v = rewrite("A cat. A dark square colour image, mostly brown with black; vivid colours, brown in the centre, "
+                "black at the top, a lighter top half.")
+    tags = split_tags(v.tags)
+    assert not {"centre", "top", "edges"} & set(tags) and "lighter top half" in tags and "vivid colours" in tags
