@@ -1,9 +1,10 @@
 """The Dagster instance on PostgreSQL, configured as deploy/helm/dagster-values.yaml configures it, on a throwaway
 local server (Debian's `postgresql`: initdb + pg_ctl on a temporary directory, loopback only, removed afterwards).
 
-Through it: a `curate run`, the source sensor started and ticked by the daemon of `curate ui` (its run dequeued by
-the QueuedRunCoordinator), and a materialization launched with the UI's own GraphQL mutation; each checked in
-Postgres's run, event-log and schedule tables, not only through Dagster's API.
+Through it: a `curate run` (source_images and image_features of 6 photos), the source sensor started and ticked
+by the daemon of `curate ui` (its ingest run of a 4-photo drop dequeued by the QueuedRunCoordinator), and
+image_features of that drop launched with the UI's own GraphQL mutation; each checked in Postgres's run, event-log
+and schedule tables, not only through Dagster's API.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def postgres():
 
 def instance_config(values: dict, db: dict) -> dict:
     """dagster.yaml as the Dagster chart renders it from our Helm values (storage with its scheme, run coordinator,
-    scheduler, run monitoring, telemetry), with the server's address for the chart's host name and the DefaultRunLauncher for the
-    K8sRunLauncher (no cluster here). The password comes from DAGSTER_PG_PASSWORD, as in the chart."""
+    scheduler, run monitoring, telemetry), with the server's address for the chart's host name and the
+    DefaultRunLauncher for the K8sRunLauncher (no cluster here). The password comes from DAGSTER_PG_PASSWORD, as in
+    the chart."""
     pg = values["postgresql"]
     daemon = values["dagsterDaemon"]
     queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
@@ -205,7 +207,9 @@ def test_pipeline_sensor_and_ui_launch_on_postgres(postgres, pg_home, ray_sessio
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "curate-ui.log"
-    env = dict(os.environ, ATELIER_SOURCE_ROOTS=str(incoming))
+    # the launched runs join this session's Ray through RAY_ADDRESS, as production runs join the KubeRay cluster
+    env = dict(os.environ, ATELIER_SOURCE_ROOTS=str(incoming),
+               RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
     with open(log, "wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "ui", "--storage", str(storage),
                                  "--port", str(port)], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
