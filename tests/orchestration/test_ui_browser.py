@@ -237,7 +237,8 @@ def test_materialize_from_the_ui_and_read_the_run_log(ui_url, finished_run, page
     storage, _ = finished_run
     page.goto(f"{ui_url}/assets/ai_image_probe")  # unpartitioned and Ray-free: a short run
     page.get_by_text("Latest materialization").first.wait_for()
-    page.get_by_role("button", name="Materialize", exact=True).click()
+    # the accessible name carries the icon's ligature text first ("auto_awesome Materialize")
+    page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$")).first.click()
     toast = page.get_by_text(re.compile(r"Launched run \w+"))
     toast.wait_for()
     short = re.search(r"Launched run (\w+)", toast.inner_text()).group(1)
@@ -250,6 +251,7 @@ def test_materialize_from_the_ui_and_read_the_run_log(ui_url, finished_run, page
         page.get_by_text(event, exact=True).first.wait_for()
     message = page.get_by_text(re.compile(r"^probe \w+: \d+ AI / \d+ real images, held-out AUC")).first
     message.wait_for()
+    shown = message.inner_text()
     page.screenshot(path=str(artifact_dir() / "run_events.png"))
     page.get_by_text("View stdout / stderr").first.click()
     page.get_by_text("stderr", exact=True).first.click()
@@ -270,4 +272,4 @@ def test_materialize_from_the_ui_and_read_the_run_log(ui_url, finished_run, page
         os.environ.pop("DAGSTER_HOME", None)
         if saved_home is not None:
             os.environ["DAGSTER_HOME"] = saved_home
-    assert message.inner_text().startswith(f"probe {version}: ")
+    assert shown.startswith(f"probe {version}: "), shown
