@@ -1,10 +1,11 @@
-"""`deduplicated_images`: one representative per duplicate component, across every drop and against everything
-curated before (incremental: each run that finds new feature partitions appends one increment)."""
+"""`deduplicated_images`: rows that are not a verified near-copy of a kept row, across every drop and against
+everything curated before (incremental: each run that finds new feature partitions appends one increment)."""
 
+import bisect
 import hashlib
 import json
 import posixpath
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import dagster as dg
 import numpy as np
@@ -25,8 +26,10 @@ from curation.dedup import (
     deduplicate,
     orientation_pairs,
 )
+from curation.dedup_verify import Picture, same_picture
 from curation.features import embedding_matrix, orientation_matrix
 from orchestration.ray_adapter import Throughput
+from orchestration.reads import part_rows, read_rows
 from orchestration.resources import StorageResource
 from orchestration.storage import SUCCESS_MARKER, TableStore
 
@@ -49,12 +52,17 @@ class DeduplicatedImagesConfig(dg.Config):
     exact_search_max: int = Field(default=DedupConfig.exact_search_max,
                                   description="Exact semantic search up to this many vectors, IVF above.")
     ivf_nprobe: int = Field(default=DedupConfig.ivf_nprobe, description="IVF clusters probed per query.")
+    verify: bool = Field(default=DedupConfig.verify,
+                         description="Verify each perceptual/semantic candidate as the same picture (local features + "
+                                     "RANSAC, flips, photometric agreement) before removing it.")
+    max_verifications: int = Field(default=DedupConfig.max_verifications,
+                                   description="Kept candidates verified per row, strongest first.")
 
     def to_dedup_config(self) -> DedupConfig:
         """The one conversion from Dagster config to the pure config."""
         return DedupConfig(phash_threshold=self.phash_threshold, rotated_threshold=self.rotated_threshold,
                            semantic_threshold=self.semantic_threshold, exact_search_max=self.exact_search_max,
-                           ivf_nprobe=self.ivf_nprobe)
+                           ivf_nprobe=self.ivf_nprobe, verify=self.verify, max_verifications=self.max_verifications)
 
 
 def _config_hash(config: DedupConfig) -> str:
@@ -80,6 +88,33 @@ def _provenance(store: TableStore, partitions: list[str], uris: list[str]) -> np
     return np.asarray(score, dtype=np.int64)
 
 
+class _CuratedThumbnails:
+    """Reads the verification thumbnails of curated rows (row k of the kept parts read in order) by row group, so an
+    increment reads the thumbnails its candidates point at, not every curated image."""
+
+    def __init__(self, store: TableStore, directory: str, expected_rows: int) -> None:
+        self.store = store
+        self.parts = store.list_parts(directory)
+        self.starts, total = [], 0
+        for path in self.parts:
+            self.starts.append(total)
+            total += part_rows(store, path)
+        if total != expected_rows:
+            raise RuntimeError(f"{directory}: parts hold {total} rows, the curated table {expected_rows}")
+
+    def __call__(self, rows: np.ndarray) -> list[bytes]:
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for k, r in enumerate(rows.tolist()):
+            part = bisect.bisect_right(self.starts, r) - 1
+            wanted.setdefault(part, []).append((k, r - self.starts[part]))
+        out: list[bytes] = [b""] * len(rows)
+        for part, items in wanted.items():
+            table = read_rows(self.store, self.parts[part], [local for _, local in items], ["verify_thumbnail"])
+            for (k, _), data in zip(items, table.column("verify_thumbnail").to_pylist(), strict=True):
+                out[k] = data
+        return out
+
+
 def _candidates(table: pa.Table, embeddings: np.ndarray) -> Candidates:
     return Candidates(
         sample_ids=table.column("sample_id").to_pylist(),
@@ -89,6 +124,7 @@ def _candidates(table: pa.Table, embeddings: np.ndarray) -> Candidates:
         pixels=(pc.multiply(table.column("width").cast(pa.int64()), table.column("height").cast(pa.int64()))
                 .to_numpy()),
         byte_size=table.column("byte_size").to_numpy(),
+        thumbnails=table.column("verify_thumbnail").to_pylist() if "verify_thumbnail" in table.column_names else None,
     )
 
 
@@ -146,13 +182,22 @@ def verify(store: TableStore, config: DedupConfig, increment: int | None, new_ro
     ids = kept.column("sample_id").to_pylist()
     results.append(dg.AssetCheckResult(check_name="unique_sha256", passed=len(ids) == len(set(ids)),
                                        metadata={"kept": len(ids), "distinct": len(set(ids))}))
-    pairs = 0
+    pairs, same = 0, 0
     if config.phash_threshold >= 0 and kept.num_rows:
-        i, _, _ = orientation_pairs(orientation_matrix(kept), config.phash_threshold,
+        i, j, _ = orientation_pairs(orientation_matrix(kept), config.phash_threshold,
                                     rotated_threshold=config.rotated_threshold)
         pairs = len(i)
-    results.append(dg.AssetCheckResult(check_name="no_perceptual_pairs_kept", passed=pairs == 0,
-                                       metadata={"pairs_within_threshold": pairs}))
+        if pairs and config.verify:
+            # a kept pair within the threshold is legitimate only when verification says two different pictures
+            read = _CuratedThumbnails(store, directory, kept.num_rows)
+            nodes = np.unique(np.concatenate([i, j]))
+            pictures = dict(zip(nodes.tolist(), (Picture(t) for t in read(nodes)), strict=True))
+            same = sum(same_picture(pictures[a], pictures[b], config.verification).same
+                       for a, b in zip(i.tolist(), j.tolist(), strict=True))
+        else:
+            same = pairs
+    results.append(dg.AssetCheckResult(check_name="no_perceptual_pairs_kept", passed=same == 0,
+                                       metadata={"pairs_within_threshold": pairs, "verified_same_picture": same}))
     return results
 
 
@@ -165,12 +210,14 @@ def verify(store: TableStore, config: DedupConfig, increment: int | None, new_ro
         dg.AssetCheckSpec("accounting", asset=ASSET, description="new rows = kept + dropped, each drop with a reason"),
         dg.AssetCheckSpec("unique_sha256", asset=ASSET, description="no two kept rows share a sha256"),
         dg.AssetCheckSpec("no_perceptual_pairs_kept", asset=ASSET,
-                          description="no two kept rows within the perceptual threshold"),
+                          description="no two kept rows within the perceptual threshold that verification calls "
+                                      "the same picture"),
     ],
 )
 def deduplicated_images(context: dg.AssetExecutionContext, config: DeduplicatedImagesConfig,
                         storage: StorageResource) -> dg.MaterializeResult:
-    """Exact, perceptual and semantic duplicates among the filter survivors, across drops and against the past."""
+    """Exact, perceptual and semantic near-copies of kept rows among the filter survivors, across drops and against
+    the past; each non-exact candidate verified as the same picture before removal."""
     store = storage.store()
     with store.lock(ASSET, owner=context.run.run_id):  # increments of two concurrent runs must not interleave
         return _deduplicate(context, config, store)
@@ -211,6 +258,8 @@ def _deduplicate(context: dg.AssetExecutionContext, config: DeduplicatedImagesCo
         curated_ids = curated.column("sample_id").to_pylist() if curated.num_rows else []
         index, how = _load_index(store, directory, curated, dedup_config.exact_search_max)
         curated_cands = _candidates(curated, np.empty((0, 0), np.float32)) if curated.num_rows else None
+        if curated_cands is not None:
+            curated_cands = replace(curated_cands, thumbnails=_CuratedThumbnails(store, directory, curated.num_rows))
         candidates = _candidates(new, embedding_matrix(new))
         candidates.provenance = _provenance(store, new_partitions, candidates.source_uris)
         result = deduplicate(candidates, dedup_config, curated_cands, index)
@@ -245,7 +294,7 @@ def _deduplicate(context: dg.AssetExecutionContext, config: DeduplicatedImagesCo
         store.write_json(state_path, {"config_hash": chash, "code_version": DEDUP_CODE_VERSION,
                                       "increments": increment + 1, "partitions": processed})
         summary_meta = {**counts, "increment": increment, "new_partitions": ", ".join(new_partitions),
-                        "index": how, "components_with_duplicates": result.components,
+                        "index": how, "representatives_with_duplicates": result.components,
                         **{f"edges_{k}": v for k, v in result.edges.items()}}
         context.log.info(f"increment {increment}: {new_rows} new rows, {kept.num_rows} kept, "
                          f"{len(result.decisions)} duplicates")

@@ -1,22 +1,32 @@
-"""Deduplication: exact (sha256) -> perceptual (pHash Hamming with an orientation search) -> semantic (cosine of
-embeddings), union-find over all three kinds of edge, one representative per component.
+"""Deduplication: exact (sha256), perceptual (pHash Hamming with an orientation search) and semantic (cosine of
+embeddings) candidates, each non-exact candidate verified as the same picture before anything is removed.
 
-Incremental: `deduplicate` takes the new rows and, optionally, everything curated before (its hashes plus a faiss
-index over its embeddings). Earlier representatives always stay (shards may already be built from them); new rows
-that join a component of theirs are dropped as their duplicates.
+The rule is SemDeDup's, not a transitive closure: rows are visited best representative first (resolution,
+provenance, bytes, earliest) and a row is removed only as a verified near-copy of a row already KEPT. A chain of
+similar pairs A~B~C therefore never removes C for resembling B: on flat illustration and abstract art the embedding
+puts unrelated pictures at cosine 0.91-0.94, and the closure had one representative absorb 111 distinct images
+(issue 14). Verification (`curation.dedup_verify`: local features + RANSAC, flips included, then photometric
+agreement) needs pixels: a small thumbnail per row, stored with the features.
+
+Incremental: `deduplicate` takes the new rows and, optionally, everything curated before (its hashes, a faiss index
+over its embeddings and a reader of its thumbnails). Earlier representatives always stay (shards may already be
+built from them) and are visited first; new rows verified as copies of one of them are dropped as its duplicates.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from curation.decisions import Decision
+from curation.dedup_verify import Picture, VerifyConfig, same_picture
 from curation.hamming import hamming_pairs
 
-DEDUP_CODE_VERSION = "dedup-1"
+DEDUP_CODE_VERSION = "dedup-2"
 EXACT, PERCEPTUAL, SEMANTIC = "exact_duplicate", "perceptual_duplicate", "semantic_duplicate"
 
 
@@ -35,6 +45,13 @@ class DedupConfig:
     """Up to this many vectors the semantic search is exact (flat); above, an IVF index (SemDeDup-style clusters)."""
     ivf_nprobe: int = 16
     """Clusters visited per query in the IVF search."""
+    verify: bool = True
+    """Verify perceptual and semantic candidates as the same picture before removal. Off, a candidate edge to a kept
+    row is proof enough (measured in bench/dedup_art_eval.py as the ablation; not for production on art)."""
+    verification: VerifyConfig = field(default_factory=VerifyConfig)
+    max_verifications: int = 16
+    """Kept candidates verified per row, strongest first: bounds the work on a dense cluster of similar art, where
+    a row may have hundreds of semantic candidates and none is the same picture."""
 
 
 @dataclass
@@ -48,35 +65,23 @@ class Candidates:
     pixels: np.ndarray  # width * height
     byte_size: np.ndarray
     provenance: np.ndarray | None = None  # higher is better: a named licence, stored pixels used as they are
+    thumbnails: Sequence[bytes] | Callable[[np.ndarray], Sequence[bytes]] | None = None
+    """Verification thumbnails (`curation.dedup_verify.encode_thumbnail`), one per row, or a reader that returns
+    them for an array of row indices (the curated side reads only the rows a candidate points at)."""
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
-
-class UnionFind:
-    """Disjoint sets over 0..n-1 with path halving and union by size."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n, dtype=np.int64)
-        self.size = np.ones(n, dtype=np.int64)
-
-    def find(self, x: int) -> int:
-        """The root of `x`'s set."""
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return int(x)
-
-    def union(self, a: int, b: int) -> None:
-        """Merge the sets of `a` and `b`."""
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
+    def read_thumbnails(self, rows: np.ndarray) -> Sequence[bytes]:
+        if self.thumbnails is None:
+            raise ValueError("verification needs thumbnails: Candidates.thumbnails is None")
+        if callable(self.thumbnails):
+            out = self.thumbnails(rows)
+        else:
+            out = [self.thumbnails[int(r)] for r in rows]
+        if len(out) != len(rows) or any(t is None for t in out):
+            raise ValueError(f"thumbnail reader returned {len(out)} thumbnails for {len(rows)} rows, or a null")
+        return out
 
 
 def orientation_pairs(queries: np.ndarray, threshold: int, base_upright: np.ndarray | None = None,
@@ -183,8 +188,8 @@ class DedupResult:
 
     keep: np.ndarray  # bool per new row
     decisions: list[Decision]
-    components: int  # components among the new rows that contain at least one duplicate
-    edges: dict[str, int]
+    components: int  # kept representatives (new or curated) that absorbed at least one new row
+    edges: dict[str, int]  # candidate edges per kind, plus verification outcomes
 
 
 def _rank(c: Candidates, order_offset: int = 0) -> np.ndarray:
@@ -195,104 +200,167 @@ def _rank(c: Candidates, order_offset: int = 0) -> np.ndarray:
     return np.lexsort((-np.arange(n) - order_offset, c.byte_size, provenance, c.pixels))  # ascending: last is best
 
 
+class _Pictures:
+    """Decoded thumbnails of the rows in candidate edges, read in one call per side and decoded on first use (an
+    LRU bound keeps memory flat however many rows have candidates)."""
+
+    def __init__(self, new: Candidates, curated: Candidates | None, nodes: np.ndarray, limit: int = 4096) -> None:
+        n = len(new)
+        self._data: dict[int, bytes] = {}
+        for side, rows, offset in ((new, nodes[nodes < n], 0), (curated, nodes[nodes >= n] - n, n)):
+            if len(rows):
+                self._data.update(zip((rows + offset).tolist(), side.read_thumbnails(rows), strict=True))
+        self._cache: OrderedDict[int, Picture] = OrderedDict()
+        self._limit = limit
+
+    def __getitem__(self, node: int) -> Picture:
+        pic = self._cache.pop(node, None) or Picture(self._data[node])
+        self._cache[node] = pic
+        if len(self._cache) > self._limit:
+            self._cache.popitem(last=False)
+        return pic
+
+
 def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None = None,
                 curated_index=None) -> DedupResult:
-    """Decide which new rows are duplicates of each other or of what was curated before.
+    """Decide which new rows are duplicates of a kept row: of each other or of what was curated before.
 
     Args:
         new: rows of this increment, in a stable order (earlier rows win ties).
-        config: thresholds.
+        config: thresholds and the verification.
         curated: representatives kept by earlier increments (may be empty or None).
         curated_index: a faiss index over `curated.embeddings` (built when None).
 
     Returns:
-        `DedupResult`: a keep mask over `new`, one `dedup` drop decision per removed row (with `duplicate_of`,
-        the score of its strongest link and the threshold), and edge counts per kind.
+        `DedupResult`: a keep mask over `new`, one `dedup` drop decision per removed row (with `duplicate_of`, the
+        KEPT row it copies, the score of the edge that was verified, the threshold and the verification evidence),
+        candidate edge counts per kind and how many candidates verification confirmed or rejected.
     """
     n = len(new)
     m = len(curated) if curated is not None else 0
-    uf = UnionFind(n + m)
-    # strongest evidence per new row, lower key is stronger: exact, then perceptual (small distance), then semantic
-    best: dict[int, tuple[tuple[int, float], str, float, float | None, int]] = {}
-    priority = {EXACT: 0, PERCEPTUAL: 1, SEMANTIC: 2}
-    edges = {EXACT: 0, PERCEPTUAL: 0, SEMANTIC: 0}
-
-    def note(i: int, kind: str, score: float, threshold: float | None, other: int) -> None:
-        key = (priority[kind], -score if kind == SEMANTIC else score)
-        if i not in best or key < best[i][0]:
-            best[i] = (key, kind, score, threshold, other)
-
-    def link(i: np.ndarray, j: np.ndarray, scores: np.ndarray, kind: str, threshold: float | None,
-             j_offset: int) -> None:
-        edges[kind] += len(i)
-        for a, b, s in zip(i.tolist(), j.tolist(), scores.tolist(), strict=True):
-            uf.union(a, b + j_offset)
-            note(a, kind, s, threshold, b + j_offset)
-            if b + j_offset < n:
-                note(b + j_offset, kind, s, threshold, a)
-
-    # exact: identical bytes
-    first_of: dict[str, int] = {}
-    curated_pos = {sid: n + k for k, sid in enumerate(curated.sample_ids)} if curated is not None else {}
-    ei, ej = [], []
-    for i, sid in enumerate(new.sample_ids):
-        target = curated_pos.get(sid, first_of.get(sid))
-        if target is not None:
-            ei.append(i)
-            ej.append(target)
-        else:
-            first_of[sid] = i
-    if ei:
-        link(np.array(ei), np.array(ej), np.zeros(len(ei)), EXACT, 0.0, 0)
-
-    # perceptual: pHash with an orientation search (flip/rotation invariant)
-    if config.phash_threshold >= 0 and n:
-        targets = [(None, 0)] + ([(curated, n)] if m else [])
-        for base, offset in targets:
-            i, j, d = orientation_pairs(new.orientations, config.phash_threshold,
-                                        None if base is None else base.orientations[:, 0], config.rotated_threshold)
-            link(i, j, d.astype(float), PERCEPTUAL, float(config.phash_threshold), offset)
-
-    # semantic: cosine of embeddings (SemDeDup); flat when small, IVF clusters when large
-    if config.semantic_threshold <= 1.0 and new.embeddings.size:
-        i, j, s = cosine_pairs(new.embeddings, config.semantic_threshold, exact_max=config.exact_search_max,
-                               nprobe=config.ivf_nprobe)
-        link(i, j, s.astype(float), SEMANTIC, config.semantic_threshold, 0)
-        if curated is not None and m:
-            i, j, s = cosine_pairs(new.embeddings, config.semantic_threshold, curated.embeddings,
-                                   exact_max=config.exact_search_max, nprobe=config.ivf_nprobe,
-                                   index=curated_index)
-            link(i, j, s.astype(float), SEMANTIC, config.semantic_threshold, n)
-
-    # components -> representatives
-    roots = np.array([uf.find(x) for x in range(n + m)], dtype=np.int64)
+    edges = {EXACT: 0, PERCEPTUAL: 0, SEMANTIC: 0, "verified": 0, "rejected_by_verification": 0,
+             "verification_budget_exhausted": 0}
+    keep = np.ones(n, dtype=bool)
+    if n == 0:
+        return DedupResult(keep=keep, decisions=[], components=0, edges=edges)
     rank_of = np.empty(n, dtype=np.int64)
     rank_of[_rank(new)] = np.arange(n)
-    rep_for_root: dict[int, int] = {}
-    for x in range(n + m):
-        r = int(roots[x])
-        cur = rep_for_root.get(r)
-        if x >= n:  # a curated representative always wins; among several, the first stays the target
-            if cur is None or cur < n:
-                rep_for_root[r] = x
-        elif cur is None or (cur < n and rank_of[x] > rank_of[cur]):
-            rep_for_root[r] = x
-    keep = np.ones(n, dtype=bool)
+
+    # exact: identical bytes, a group by sample_id (no edges); the best-ranked copy of a group stands for it
+    ids = np.asarray(new.sample_ids, dtype=object)
+    _, group = np.unique(ids.astype(str), return_inverse=True)
+    by_group = np.lexsort((rank_of, group))
+    last = np.ones(n, dtype=bool)
+    last[:-1] = group[by_group][1:] != group[by_group][:-1]
+    head_of_group = np.empty(group.max() + 1, dtype=np.int64)
+    head_of_group[group[by_group[last]]] = by_group[last]
+    head = head_of_group[group]  # per row: the row that stands for its bytes
+    curated_pos = {sid: n + k for k, sid in enumerate(curated.sample_ids)} if m else {}
+    # per new row: (kind, score, threshold, target node, verdict details) of its removal
+    removed: dict[int, tuple[str, float, float | None, int, dict]] = {}
+    for x in np.flatnonzero(head == np.arange(n)).tolist():
+        target = curated_pos.get(new.sample_ids[x])
+        if target is not None:
+            removed[x] = (EXACT, 0.0, 0.0, target, {})
+    edges[EXACT] = int((head != np.arange(n)).sum()) + len(removed)
+    active = np.flatnonzero((head == np.arange(n)) & ~np.isin(np.arange(n), list(removed)))
+
+    # candidates among the active rows and against the curated ones: (u, v, key); a lower key is stronger
+    us, vs, keys, kinds, scores = [], [], [], [], []
+
+    def add(i: np.ndarray, j: np.ndarray, s: np.ndarray, kind: str, key: np.ndarray) -> None:
+        edges[kind] += len(i)
+        us.append(i)
+        vs.append(j)
+        keys.append(key)
+        kinds.append(np.full(len(i), kind, dtype=object))
+        scores.append(s.astype(np.float64))
+
+    if config.phash_threshold >= 0 and len(active):
+        i, j, d = orientation_pairs(new.orientations[active], config.phash_threshold,
+                                    rotated_threshold=config.rotated_threshold)
+        add(active[i], active[j], d, PERCEPTUAL, 1 + d / 100)
+        if m:
+            i, j, d = orientation_pairs(new.orientations[active], config.phash_threshold,
+                                        curated.orientations[:, 0], config.rotated_threshold)
+            add(active[i], j + n, d, PERCEPTUAL, 1 + d / 100)
+    if config.semantic_threshold <= 1.0 and new.embeddings.size and len(active):
+        queries = new.embeddings[active]
+        i, j, sim = cosine_pairs(queries, config.semantic_threshold, exact_max=config.exact_search_max,
+                                 nprobe=config.ivf_nprobe)
+        add(active[i], active[j], sim, SEMANTIC, 3 - sim)
+        if m:
+            i, j, sim = cosine_pairs(queries, config.semantic_threshold, curated.embeddings,
+                                     exact_max=config.exact_search_max, nprobe=config.ivf_nprobe,
+                                     index=curated_index)
+            add(active[i], j + n, sim, SEMANTIC, 3 - sim)
+
+    if us:
+        u, v = np.concatenate(us), np.concatenate(vs)
+        key, kind, score = np.concatenate(keys), np.concatenate(kinds), np.concatenate(scores)
+        # both directions, grouped by the row being decided and strongest first
+        src, dst = np.concatenate([u, v]), np.concatenate([v, u])
+        key, kind, score = np.tile(key, 2), np.tile(kind, 2), np.tile(score, 2)
+        order = np.lexsort((key, src))
+        src, dst, key, kind, score = src[order], dst[order], key[order], kind[order], score[order]
+        bounds = np.searchsorted(src, np.arange(n + m + 1))
+        nodes = np.unique(np.concatenate([u, v]))
+        pictures = _Pictures(new, curated, nodes) if config.verify else None
+        # best representative first: curated rows are kept already, then new rows by descending rank
+        decided = np.zeros(n + m, dtype=bool)
+        decided[n:] = True
+        kept_node = np.zeros(n + m, dtype=bool)
+        kept_node[n:] = True
+        new_nodes = nodes[nodes < n]
+        for x in new_nodes[np.argsort(-rank_of[new_nodes], kind="stable")].tolist():
+            decided[x] = True
+            tried: set[int] = set()
+            for e in range(bounds[x], bounds[x + 1]):
+                y = int(dst[e])
+                if not (decided[y] and kept_node[y]) or y in tried:
+                    continue
+                if len(tried) >= config.max_verifications:
+                    edges["verification_budget_exhausted"] += 1
+                    kept_node[x] = True
+                    break
+                tried.add(y)
+                details: dict = {}
+                if pictures is not None:
+                    verdict = same_picture(pictures[y], pictures[x], config.verification)
+                    if not verdict.same:
+                        edges["rejected_by_verification"] += 1
+                        continue
+                    edges["verified"] += 1
+                    details = {"verification": verdict.details()}
+                threshold = float(config.phash_threshold) if kind[e] == PERCEPTUAL else config.semantic_threshold
+                removed[x] = (str(kind[e]), float(score[e]), threshold, y, details)
+                break
+            else:
+                kept_node[x] = True
+
+    def node_id(y: int) -> tuple[str, str]:
+        return (new.sample_ids[y], new.source_uris[y]) if y < n else (curated.sample_ids[y - n],
+                                                                        curated.source_uris[y - n])
+
     decisions: list[Decision] = []
-    dup_components = set()
+    representatives: set[int] = set()
     for x in range(n):
-        rep = rep_for_root[int(roots[x])]
-        if rep == x:
+        h = int(head[x])
+        if h != x:  # an exact copy of the row standing for its bytes: follows that row's fate
+            if h in removed:
+                kind_, score_, threshold, target, details = removed[h]
+                details = {**details, "exact_copy_of": new.source_uris[h]}
+            else:
+                kind_, score_, threshold, target, details = EXACT, 0.0, 0.0, h, {}
+        elif x in removed:
+            kind_, score_, threshold, target, details = removed[x]
+        else:
             continue
         keep[x] = False
-        dup_components.add(int(roots[x]))
-        _, kind, score, threshold, linked = best[x]
-        rep_id = new.sample_ids[rep] if rep < n else curated.sample_ids[rep - n]
-        linked_id = new.sample_ids[linked] if linked < n else curated.sample_ids[linked - n]
-        details = {"representative_uri": new.source_uris[rep] if rep < n else curated.source_uris[rep - n],
-                   "representative_curated_before": rep >= n}
-        if linked != rep:
-            details["linked_via"] = linked_id
-        decisions.append(Decision(new.sample_ids[x], new.source_uris[x], "dedup", "drop", kind,
-                                  score=float(score), threshold=threshold, duplicate_of=rep_id, details=details))
-    return DedupResult(keep=keep, decisions=decisions, components=len(dup_components), edges=edges)
+        representatives.add(target)
+        rep_id, rep_uri = node_id(target)
+        decisions.append(Decision(new.sample_ids[x], new.source_uris[x], "dedup", "drop", kind_, score=score_,
+                                  threshold=threshold, duplicate_of=rep_id,
+                                  details={"representative_uri": rep_uri, "representative_curated_before": target >= n,
+                                           **details}))
+    return DedupResult(keep=keep, decisions=decisions, components=len(representatives), edges=edges)

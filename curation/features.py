@@ -1,7 +1,9 @@
-"""Image features: perceptual hashes, an embedding and the NSFW score, for a batch of `source_images` rows.
+"""Image features: perceptual hashes, an embedding, the NSFW score and a dedup verification thumbnail, for a batch
+of `source_images` rows.
 
 `FeatureExtractor` is a stage in the datatrove sense: `setup()` loads the model once per worker, `process_batch`
-turns an Arrow table with an `image` column into a features table (no image bytes).
+turns an Arrow table with an `image` column into a features table (no source bytes; a ~5 KB JPEG thumbnail that
+dedup verifies candidate pairs on).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from curation.dedup_verify import encode_thumbnail
 from curation.embedding import Embedder, EmbeddingConfig, load_embedder
 from curation.hashing import perceptual_hashes
 from curation.image_io import load_rgb_reduced
 from curation.stage import StageResources
 
-FEATURES_CODE_VERSION = "features-2"  # -2: hashes and embedding from one DCT-reduced decode
+FEATURES_CODE_VERSION = "features-3"  # -2: hashes and embedding from one DCT-reduced decode; -3: dedup thumbnail
 HASH_COLUMNS = ("phash", "dhash")
 PASS_THROUGH = ("sample_id", "source", "source_uri", "width", "height", "byte_size", "format")
 EMBED_SIDE = 256
@@ -39,6 +42,8 @@ def features_schema(dim: int) -> pa.Schema:
             pa.field("embedding", pa.list_(pa.float16(), dim), nullable=False),
             pa.field("nsfw_score", pa.float32(), nullable=False),
             pa.field("embedding_model", pa.string(), nullable=False),
+            # dedup verifies a candidate pair on these pixels (curation.dedup_verify): ~5 KB, from the same decode
+            pa.field("verify_thumbnail", pa.binary(), nullable=False),
         ]
     )
 
@@ -102,6 +107,7 @@ class FeatureExtractor:
         columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
         columns["nsfw_score"] = pa.array(nsfw.astype(np.float32), pa.float32())
         columns["embedding_model"] = pa.array([self.embedder.name] * table.num_rows, pa.string())
+        columns["verify_thumbnail"] = pa.array([encode_thumbnail(img) for img in images], pa.binary())
         return pa.table(columns, schema=schema)
 
 

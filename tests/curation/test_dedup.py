@@ -1,10 +1,13 @@
-"""Deduplication on tiny synthetic data: each test can fail on a wrong edge, component or representative."""
+"""Deduplication on tiny synthetic data: each test can fail on a wrong edge, representative or removal rule.
+
+Most tests here check the removal rule on hand-made hashes and embeddings, so verification is off
+(`DedupConfig(verify=False)`); verification on real pixels is tested in test_dedup_verify.py and test_dedup_art.py."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from curation.dedup import EXACT, PERCEPTUAL, SEMANTIC, Candidates, DedupConfig, UnionFind, cosine_pairs, deduplicate
+from curation.dedup import EXACT, PERCEPTUAL, SEMANTIC, Candidates, DedupConfig, cosine_pairs, deduplicate
 from curation.embedding import l2_normalise
 
 
@@ -23,16 +26,20 @@ def basis(k: int, dim: int = 8) -> list[float]:
     return v
 
 
-def test_union_find():
-    uf = UnionFind(5)
-    uf.union(0, 1)
-    uf.union(3, 4)
-    uf.union(1, 4)
-    assert len({uf.find(i) for i in range(5)}) == 2 and uf.find(0) == uf.find(3) and uf.find(2) == 2
+def test_a_chain_of_similar_pairs_removes_only_copies_of_kept_rows():
+    # a ~ b and b ~ c above the threshold, a and c far apart: the closure would remove c too; the SemDeDup rule
+    # removes b as a copy of a (kept, best ranked) and keeps c, whose only candidate b was not kept
+    config = DedupConfig(phash_threshold=-1, semantic_threshold=0.9, verify=False)
+    a, c = np.array([1.0, 0.0]), np.array([np.cos(0.9), np.sin(0.9)])
+    b = np.array([np.cos(0.45), np.sin(0.45)])  # cos 0.45 = 0.90 to both
+    c_ = cands(["a", "b", "c"], [1, 2, 3], [a.tolist(), b.tolist(), c.tolist()], pixels=[300, 200, 100])
+    result = deduplicate(c_, config)
+    assert result.keep.tolist() == [True, False, True]
+    assert result.decisions[0].duplicate_of == "a"
 
 
 def test_exact_perceptual_and_semantic_duplicates_with_reasons():
-    config = DedupConfig(phash_threshold=4, semantic_threshold=0.95)
+    config = DedupConfig(phash_threshold=4, semantic_threshold=0.95, verify=False)
     c = cands(
         ids=["a", "a", "b", "c", "d", "e"],
         phash=[0, 0, 0b111, 0x00FF00FF00000000, 0x0F0F0F0F0F0F0F0F, 0xF0F0F0F000000000],  # b: 3 bits from a
@@ -52,7 +59,7 @@ def test_exact_perceptual_and_semantic_duplicates_with_reasons():
 
 
 def test_representative_prefers_resolution_then_bytes_then_earliest():
-    config = DedupConfig(phash_threshold=0, semantic_threshold=2.0)
+    config = DedupConfig(phash_threshold=0, semantic_threshold=2.0, verify=False)
     c = cands(["x", "y", "z"], [5, 5, 5], [basis(0), basis(1), basis(2)], pixels=[10, 10, 10], sizes=[5, 9, 9])
     assert deduplicate(c, config).keep.tolist() == [False, True, False]
     c = cands(["x", "y"], [5, 5], [basis(0), basis(1)], pixels=[10, 10], sizes=[5, 5])
@@ -60,7 +67,7 @@ def test_representative_prefers_resolution_then_bytes_then_earliest():
 
 
 def test_incremental_against_curated_keeps_the_curated_representative():
-    config = DedupConfig(phash_threshold=2, rotated_threshold=2, semantic_threshold=0.99)
+    config = DedupConfig(phash_threshold=2, rotated_threshold=2, semantic_threshold=0.99, verify=False)
     far = 0x00FF00FF00FF00FF  # 32 bits from 0
     curated = cands(["old1", "old2"], [0, far], [basis(0), basis(1)], pixels=[10, 10])
     new = cands(["old1", "n1", "n2", "n3"], [0, 1, far ^ 0b1, 0xF00000], [basis(0), basis(4), basis(5), basis(1)],
@@ -106,7 +113,7 @@ def test_orientation_pairs_take_the_best_orientation_and_dedupe():
 
 
 def test_provenance_breaks_ties_before_bytes():
-    config = DedupConfig(phash_threshold=0, semantic_threshold=2.0)
+    config = DedupConfig(phash_threshold=0, semantic_threshold=2.0, verify=False)
     c = cands(["cmyk", "rgb"], [5, 5], [basis(0), basis(1)], pixels=[10, 10], sizes=[900, 500])
     assert deduplicate(c, config).keep.tolist() == [True, False]  # bytes decide without provenance
     c.provenance = np.array([0, 1])  # the CMYK copy needed converting, the RGB one did not
