@@ -12,11 +12,14 @@ export DAGSTER_DISABLE_TELEMETRY := 1
 
 install: $(STAMP) system-deps
 
-# Debian packages: Chromium for the real-browser UI test (Playwright drives /usr/bin/chromium; nothing downloads it).
+# Debian packages: Chromium for the real-browser UI test (Playwright drives /usr/bin/chromium; nothing downloads it),
+# PostgreSQL for the test that runs Dagster on Postgres (it starts its own throwaway server with initdb + pg_ctl).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@command -v /usr/bin/chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
 # Tesseract 5 is the OCR anchor of bench/ocr_eval.py only.
 bench-deps:

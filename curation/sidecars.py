@@ -6,6 +6,7 @@ what is kept is always storable: valid JSON (no NaN / Infinity), bounded nesting
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
@@ -148,7 +149,8 @@ def _open_listing_file(uri: str) -> IO[bytes]:
             raise NotRegular(f"a {file_kind(mode)}")
         return os.fdopen(fd, "rb")
     fs, path = fs_of(uri)
-    return fs.open(path, "rb")
+    # fsspec's files have readline() without a size; the bounded line reader needs one (s3fs drops hit this)
+    return io.BufferedReader(fs.open(path, "rb"))
 
 
 def load_jsonl(uri: str, rel: str, limits: ReadLimits) -> tuple[list[JsonlRecord], list[str]]:

@@ -1,4 +1,6 @@
-"""The Dagster UI in a real browser: `curate ui` over a storage with a finished run, driven by headless Chromium.
+"""The Dagster UI in a real browser: `curate ui` over a storage with a finished run, driven by headless Chromium:
+the lineage graph, an asset's metadata table, markdown plots and numeric-metadata charts, then a materialization
+launched from the asset page, followed to Success, its event log and captured stderr read.
 
 Needs Debian's Chromium at /usr/bin/chromium (`apt-get install -y chromium`) and the `playwright` Python package (the
 dev extra). The browser is never downloaded: `playwright install` is not used.
@@ -202,3 +204,72 @@ def test_rebalancing_plots_render(ui_url, page):
         page.screenshot(path=str(artifact_dir() / f"asset_rebalanced_images_{key}.png"))
         dialog.get_by_role("button", name="Close").click()
         dialog.wait_for(state="hidden")
+
+
+def test_metadata_plots_render(ui_url, finished_run, page):
+    """The asset's Plots view: one chart per numeric metadata key, over its materializations, actually drawn."""
+    _, metadata = finished_run
+    numeric = [k for k, v in metadata.items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    assert {"total", "kept"} <= set(numeric), metadata
+    page.goto(f"{ui_url}/assets/source_images")
+    page.get_by_text("Latest materialization").first.wait_for()
+    page.get_by_role("button", name="Plots").click()
+    for key in ("total", "kept"):
+        page.get_by_text(key, exact=True).first.wait_for()
+    charts = page.locator("canvas")
+    charts.first.wait_for()
+    page.wait_for_timeout(1_000)  # chart.js animates its first draw
+    page.screenshot(path=str(artifact_dir() / "asset_source_images_plots.png"), full_page=True)
+    assert charts.count() >= 2, f"{charts.count()} chart(s) for numeric keys {numeric}"
+    # pixels of the series and axes (not the white background) on every canvas
+    drawn = [charts.nth(i).evaluate("c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                                    " let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && "
+                                    "Math.min(d[i], d[i + 1], d[i + 2]) < 200) n++; return n; }")
+             for i in range(charts.count())]
+    assert all(n > 500 for n in drawn), f"charts left blank: {drawn}"
+
+
+def test_materialize_from_the_ui_and_read_the_run_log(ui_url, finished_run, page):
+    """What a data engineer does: Materialize on the asset page, follow the run to Success, read its event log and
+    the step's captured stderr; the run is then checked in the instance the UI serves."""
+    import dagster as dg
+
+    storage, _ = finished_run
+    page.goto(f"{ui_url}/assets/ai_image_probe")  # unpartitioned and Ray-free: a short run
+    page.get_by_text("Latest materialization").first.wait_for()
+    # the accessible name carries the icon's ligature text first ("auto_awesome Materialize")
+    page.get_by_role("button", name=re.compile(r"(^|\s)Materialize$")).first.click()
+    toast = page.get_by_text(re.compile(r"Launched run \w+"))
+    toast.wait_for()
+    short = re.search(r"Launched run (\w+)", toast.inner_text()).group(1)
+    href = page.locator(f"a[href*='/runs/{short}']").first.get_attribute("href")
+    run_id = re.search(r"/runs/([0-9a-f-]{36})", href).group(1)
+
+    page.goto(f"{ui_url}/runs/{run_id}")
+    page.get_by_text("Success", exact=True).first.wait_for(timeout=300_000)
+    for event in ("RUN_START", "STEP_START", "ASSET_MATERIALIZATION", "STEP_SUCCESS"):
+        page.get_by_text(event, exact=True).first.wait_for()
+    message = page.get_by_text(re.compile(r"^probe \w+: \d+ AI / \d+ real images, held-out AUC")).first
+    message.wait_for()
+    shown = message.inner_text()
+    page.screenshot(path=str(artifact_dir() / "run_events.png"))
+    page.get_by_text("View stdout / stderr").first.click()
+    page.get_by_text("stderr", exact=True).first.click()
+    page.get_by_text(re.compile(r'STEP_SUCCESS - Finished execution of step "ai_image_probe"')).first.wait_for()
+    page.screenshot(path=str(artifact_dir() / "run_stderr.png"))
+
+    saved_home = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(storage / ".dagster")
+    try:
+        instance = dg.DagsterInstance.get()
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS, run
+        event = instance.get_latest_materialization_event(dg.AssetKey("ai_image_probe"))
+        assert event.run_id == run_id
+        version = event.asset_materialization.metadata["version"].value
+        instance.dispose()
+    finally:
+        os.environ.pop("DAGSTER_HOME", None)
+        if saved_home is not None:
+            os.environ["DAGSTER_HOME"] = saved_home
+    assert shown.startswith(f"probe {version}: "), shown
