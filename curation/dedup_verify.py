@@ -42,6 +42,14 @@ CELLS = 10
 STRUCTURE = 12.0
 """Mean Sobel magnitude (|dx| + |dy| of luma) that makes a cell structured."""
 
+SMOOTH_SHARE = 0.1
+"""Pictures with fewer structured cells than this share are compared without a photometric fit."""
+CLIPPED_SHARE = 0.02
+"""The clipped-gain photometric model is tried only when b clips a channel on at least this share of the overlap:
+it exists for brightened or contrasted copies, and its freedom is not needed (nor safe) on smooth gradients."""
+OFFSET_SLACK = 60.0
+"""How far the fitted offset may stray from the two standard edits: brightness (offset 0) and contrast about the
+mean (offset (1 - gain) * mean, 80 for contrast 0.6 on a bright picture)."""
 TEMPLATE_SCALES = np.geomspace(0.6, 1.0, 14)
 """Width of the inner picture as a share of the outer one's, searched by the correlation hypotheses (crops up to 20%
 per side, borders up to 20% of the width)."""
@@ -67,6 +75,10 @@ class VerifyConfig:
     """Largest mean |residual| of Cb and Cr in an agreeing cell, after the saturation fit."""
     min_agreement: float = 0.8
     """Share of cells (all, and structured ones) that must agree."""
+    strong_inliers: int = 60
+    strong_inlier_ratio: float = 0.5
+    min_agreement_strong: float = 0.6
+    """Share of agreeing cells needed when ORB found at least `strong_inliers` matches at `strong_inlier_ratio`."""
     min_refine: float = 0.2
     """The best hypothesis is refined by ECC when both its agreements reach this."""
     min_overlap_small: float = 0.85
@@ -88,6 +100,11 @@ def _ycbcr(rgb: np.ndarray) -> np.ndarray:
     cb = 128 - 0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
     cr = 128 + 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
     return np.stack([y, cb, cr], axis=-1)
+
+
+def _rgb_from_ycbcr(ycc: np.ndarray) -> np.ndarray:
+    y, cb, cr = ycc[..., 0], ycc[..., 1] - 128, ycc[..., 2] - 128
+    return np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
 
 
 def _trim_box(rgb: np.ndarray, tolerance: float = 12.0) -> tuple[int, int, int, int] | None:
@@ -289,19 +306,10 @@ def _agreement(a: Picture, b: Picture, matrix: np.ndarray, config: VerifyConfig)
     if small < config.min_overlap_small or large < config.min_overlap_large:
         return 0.0, 0.0, small
     ya, yb = _ycbcr(ref), _ycbcr(warped)
-    # luma: one gain and offset (brightness, contrast), least squares over the overlap, both kept mild
-    la, lb = ya[..., 0][valid], yb[..., 0][valid]
-    var = float(la.var())
-    gain = float(np.clip(((la - la.mean()) * (lb - lb.mean())).mean() / var, 0.5, 2.0)) if var > 1.0 else 1.0
-    offset = float(np.clip(lb.mean() - gain * la.mean(), -60.0, 60.0))
-    luma = np.abs(yb[..., 0] - (gain * ya[..., 0] + offset))
-    # chroma: one saturation factor about neutral for both channels; none when either side is grayscale
-    ca, cb = ya[..., 1:][valid] - 128, yb[..., 1:][valid] - 128
-    if np.abs(ca).mean() < 3.0 or np.abs(cb).mean() < 3.0:
-        chroma = np.zeros_like(luma)
-    else:
-        sat = float(np.clip((ca * cb).sum() / max(float((ca * ca).sum()), 1e-6), 0.5, 2.0))
-        chroma = np.abs((yb[..., 1:] - 128) - sat * (ya[..., 1:] - 128)).max(axis=-1)
+    residuals = [_linear_residuals(ya, yb, valid)]
+    b_rgb = _rgb_from_ycbcr(yb)
+    if ((b_rgb.max(axis=-1) >= 250) | (b_rgb.min(axis=-1) <= 5))[valid].mean() >= CLIPPED_SHARE:
+        residuals.append(_clipped_gain_residuals(ref, yb, valid))
     edges = np.maximum(_edge_map(ya[..., 0]), _edge_map(yb[..., 0]))
     cell = max(8, round(max(a.w, a.h) / CELLS))
     weight = _cell_sums(valid.astype(np.float32), cell)
@@ -309,10 +317,54 @@ def _agreement(a: Picture, b: Picture, matrix: np.ndarray, config: VerifyConfig)
     if not used.any():
         return 0.0, 0.0, small
     w = np.maximum(weight, 1.0)
-    ok = ((_cell_sums(luma * valid, cell) / w <= config.luma_tolerance)
-          & (_cell_sums(chroma * valid, cell) / w <= config.chroma_tolerance))[used]
     structured = (_cell_sums(edges * valid, cell) / w > STRUCTURE)[used]
-    return float(ok.mean()), float(ok[structured].mean()) if structured.any() else 1.0, small
+    if structured.mean() < SMOOTH_SHARE:
+        # a smooth picture (a gradient, a flat field) is its colours: a gain, offset or saturation fit would map
+        # one two-stop gradient onto another, so it is compared as it is
+        residuals = [(np.abs(yb[..., 0] - ya[..., 0]), np.abs(yb[..., 1:] - ya[..., 1:]).max(axis=-1))]
+    best = (0.0, 0.0)
+    for luma, chroma in residuals:  # the photometric model that explains b best
+        ok = ((_cell_sums(luma * valid, cell) / w <= config.luma_tolerance)
+              & (_cell_sums(chroma * valid, cell) / w <= config.chroma_tolerance))[used]
+        shares = (float(ok.mean()), float(ok[structured].mean()) if structured.any() else 1.0)
+        if min(shares) > min(best):
+            best = shares
+    return best[0], best[1], small
+
+
+def _gain_offset(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Least-squares b ~ gain * a + offset, gain kept mild and the offset near a brightness or contrast edit."""
+    var = float(a.var())
+    gain = float(np.clip(((a - a.mean()) * (b - b.mean())).mean() / var, 0.5, 2.0)) if var > 1.0 else 1.0
+    about_mean = (1 - gain) * float(a.mean())
+    low, high = min(0.0, about_mean) - OFFSET_SLACK, max(0.0, about_mean) + OFFSET_SLACK
+    return gain, float(np.clip(b.mean() - gain * a.mean(), low, high))
+
+
+def _linear_residuals(ya: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|luma| and |chroma| residuals of b against a under one luma gain and offset (brightness, contrast, both kept
+    mild) and one saturation factor about neutral (none when either side is grayscale); no hue change."""
+    gain, offset = _gain_offset(ya[..., 0][valid], yb[..., 0][valid])
+    luma = np.abs(yb[..., 0] - (gain * ya[..., 0] + offset))
+    ca, cb = ya[..., 1:][valid] - 128, yb[..., 1:][valid] - 128
+    if np.abs(ca).mean() < 3.0 or np.abs(cb).mean() < 3.0:
+        return luma, np.zeros_like(luma)
+    sat = float(np.clip((ca * cb).sum() / max(float((ca * ca).sum()), 1e-6), 0.5, 2.0))
+    return luma, np.abs((yb[..., 1:] - 128) - sat * (ya[..., 1:] - 128)).max(axis=-1)
+
+
+def _clipped_gain_residuals(ref: np.ndarray, yb: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals of b against a under b = clip(gain * a + offset) with ONE gain and offset for all three RGB
+    channels, fitted where b clips no channel: a brightened or contrasted copy saturates its channels one by one,
+    which shifts hue and no gain/offset in YCbCr explains. Two parameters for the whole picture, so one palette
+    cannot be mapped onto another."""
+    b_rgb = _rgb_from_ycbcr(yb)
+    unclipped = valid & (b_rgb.min(axis=-1) > 5) & (b_rgb.max(axis=-1) < 250)
+    if unclipped.sum() < 64:
+        unclipped = valid
+    gain, offset = _gain_offset(ref[unclipped].astype(np.float32).ravel(), b_rgb[unclipped].ravel())
+    ym = _ycbcr(np.clip(gain * ref.astype(np.float32) + offset, 0, 255))
+    return np.abs(yb[..., 0] - ym[..., 0]), np.abs(yb[..., 1:] - ym[..., 1:]).max(axis=-1)
 
 
 def _cell_sums(x: np.ndarray, cell: int) -> np.ndarray:
@@ -360,7 +412,11 @@ def same_picture(a: Picture, b: Picture, config: VerifyConfig = VerifyConfig()) 
     candidates += [(m, mir, method, 0, 0.0) for m, mir, method in _template_hypotheses(a, b)]
     for matrix, mirrored, method, inliers, ratio in candidates:
         agree, structured, overlap = _agreement(a, b, matrix, config)
-        verdict = Verdict(min(agree, structured) >= config.min_agreement, method, mirrored, inliers, ratio,
+        # many consistent keypoint matches are themselves evidence; an overlay (a caption band, a logo) may then
+        # cover more cells. Not for the frame or template maps, which any two pictures of one layout produce
+        strong = inliers >= config.strong_inliers and ratio >= config.strong_inlier_ratio
+        needed = config.min_agreement_strong if strong else config.min_agreement
+        verdict = Verdict(min(agree, structured) >= needed, method, mirrored, inliers, ratio,
                           agree, structured, overlap)
         if verdict.same:
             return verdict
