@@ -170,7 +170,8 @@ RULES: dict[str, dict[str, Range | Choice]] = {
                           "max_detail_loss": SHARE},
     # -1 disables a pHash test; a cosine above 1 disables the semantic one
     "deduplicated_images": {"phash_threshold": Range(-1, 64), "rotated_threshold": Range(-1, 64),
-                            "semantic_threshold": POSITIVE, "exact_search_max": COUNT, "ivf_nprobe": COUNT},
+                            "semantic_threshold": POSITIVE, "exact_search_max": COUNT, "ivf_nprobe": COUNT,
+                            "max_verifications": COUNT},
     "rebalanced_images": {"levels": COUNT, "clusters_per_level": Range(2), "cluster_cap_factor": POSITIVE,
                           "cluster_budget": Range(0, 1, lo_open=True), "concept_cap": POSITIVE,
                           "cluster_cap_share": Range(0, 1, lo_open=True),
