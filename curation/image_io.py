@@ -337,6 +337,23 @@ def load_rgb(data: bytes, limits: ProbeLimits = ProbeLimits(min_side=1)) -> Imag
     return rgb
 
 
+def oriented_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of stored sample bytes as `load_rgb` would return them (EXIF orientation applied), read from
+    the header alone: a stage that only needs the size to refuse an image does not decode it.
+
+    Raises:
+        ImageRejected: if the header no longer parses (the bytes passed ingest, so this signals corrupted storage).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            return (h, w) if _exif_orientation(img) in (5, 6, 7, 8) else (w, h)
+        except Exception as exc:
+            raise _classify_decode_error(exc) from exc
+
+
 def load_rgb_reduced(data: bytes, min_short_side: int) -> Image.Image:
     """Stored sample bytes decoded at a reduced size where the codec can (JPEG DCT scaling by 1/2, 1/4 or 1/8), never
     below `min_short_side` on the shorter side; oriented and flattened like `load_rgb`.
@@ -373,6 +390,7 @@ __all__ = [
     "ProbeLimits",
     "extension_matches",
     "load_rgb",
+    "oriented_size",
     "load_rgb_reduced",
     "probe_image",
     "sniff_format",

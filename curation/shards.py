@@ -3,7 +3,9 @@
 A stage of size S has buckets (w, h), both multiples of `multiple`, with w*h close to S*S and aspect ratios up to
 `max_aspect`. An image goes to the bucket nearest its aspect ratio (in log space), is scaled to cover it with a
 Lanczos filter (reducing in steps for large downscales) and centre-cropped; an image that would need more than
-`max_upscale` is refused for that stage rather than blown up into a blurry sample.
+`max_upscale` is refused for that stage rather than blown up into a blurry sample. The size is read from the header
+and a JPEG is decoded DCT-scaled to the smallest size that still covers its bucket, so a stage never decodes more
+pixels than it stores (and refuses a too-small image without decoding it).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import pyarrow as pa
 from PIL import Image
 
 from curation.decisions import Decision
-from curation.image_io import load_rgb
+from curation.image_io import load_rgb_reduced, oriented_size
 
-SHARD_CODE_VERSION = "shards-1"
+SHARD_CODE_VERSION = "shards-2"
 VARIANT_KINDS = ("tags", "short", "medium", "long")
 
 SHARD_SCHEMA = pa.schema([
@@ -108,13 +110,15 @@ def encode(img: Image.Image, config: ShardConfig) -> bytes:
 
 def prepare(data: bytes, config: ShardConfig, buckets: list[tuple[int, int]]) -> tuple[dict | None, str | None, dict]:
     """(row fields {bucket, width, height, image}, or None with a refusal reason, details) for one image."""
-    img = load_rgb(data)
-    bucket = nearest_bucket(img.width, img.height, buckets)
-    scale = max(bucket[0] / img.width, bucket[1] / img.height)
-    details = {"source_size": [img.width, img.height], "short_side": min(img.width, img.height),
+    width, height = oriented_size(data)
+    bucket = nearest_bucket(width, height, buckets)
+    scale = max(bucket[0] / width, bucket[1] / height)
+    details = {"source_size": [width, height], "short_side": min(width, height),
                "bucket": f"{bucket[0]}x{bucket[1]}", "scale": round(scale, 4), "max_upscale": config.max_upscale}
-    if scale > config.max_upscale:
+    if scale > config.max_upscale:  # refused from the header: no decode
         return None, "too_small_for_stage", details
+    # decoded only as large as the bucket needs (a 24 MP JPEG for the 256 stage: DCT-scaled by 1/8, not whole)
+    img = load_rgb_reduced(data, math.ceil(min(width, height) * min(scale, 1.0)))
     fitted, _ = fit_to_bucket(img, bucket)
     return ({"bucket": f"{bucket[0]}x{bucket[1]}", "width": bucket[0], "height": bucket[1],
              "image": encode(fitted, config)}, None, details)

@@ -52,3 +52,36 @@ def test_ineligible_decision_carries_the_measure_and_the_bound():
     assert d.details["stage"] == "1024px" and d.details["short_side"] == 480 and d.details["width"] == 640
     old = ineligible_decision("a" * 64, "file:///x.jpg", "1024px", None)  # signals written before refusals existed
     assert old.reason == "ineligible_for_stage" and old.score is None
+
+
+def test_prepare_decodes_a_large_jpeg_reduced_and_oriented_like_a_full_decode():
+    import numpy as np
+
+    from curation.image_io import load_rgb, oriented_size
+    from tests.conftest import make_image
+
+    img = make_image(2400, 1600, seed=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: the stored 2400x1600 is shown as 1600x2400
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92, exif=exif)
+    data = buf.getvalue()
+    assert oriented_size(data) == (1600, 2400)
+    buckets = aspect_buckets(256, 16)
+    row, reason, details = prepare(data, ShardConfig(size=256), buckets)
+    assert reason is None and details["source_size"] == [1600, 2400] and row["height"] > row["width"]
+    reference, _ = fit_to_bucket(load_rgb(data), (row["width"], row["height"]))
+    got = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"), np.float32)
+    assert np.abs(got - np.asarray(reference, np.float32)).mean() < 4.0
+
+
+def test_prepare_refuses_from_the_header_and_reports_corrupt_bytes():
+    from curation.image_io import ImageRejected
+
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 20, 30)).save(buf, "JPEG")
+    data = buf.getvalue()
+    small, reason, details = prepare(data, ShardConfig(size=1024), aspect_buckets(1024, 64))
+    assert small is None and reason == "too_small_for_stage" and details["source_size"] == [300, 200]
+    with pytest.raises(ImageRejected):
+        prepare(b"\xff\xd8\xff" + b"\0" * 64, ShardConfig(size=256), aspect_buckets(256, 16))
