@@ -96,7 +96,7 @@ def ingest_process(opt_outs: OptOutList, store: TableStore, payload: tuple[str, 
     """Worker body: one work unit of a drop -> its rows, ledger decisions and counts."""
     partition, unit, config = payload
     result = ingest_unit(unit, partition, config, opt_outs)
-    return UnitOutput(result.rows, result.decisions, result.counts)
+    return UnitOutput(result.rows, result.decisions, result.counts, result.bytes_read)
 
 
 @dg.asset(

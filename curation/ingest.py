@@ -51,6 +51,8 @@ class UnitResult:
     rows: pa.Table
     decisions: list[Decision]
     counts: StageCounts
+    bytes_read: int = 0
+    """Bytes of the input files read (the images; sidecars are small and not counted)."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -160,8 +162,10 @@ def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig, opt_outs: Opt
     rows: list[dict[str, Any]] = []
     decisions: list[Decision] = []
     counts = StageCounts()
+    bytes_read = 0
     for item in read_unit(unit, config.read):
         counts.total += 1
+        bytes_read += len(item.data) if item.data is not None else 0
         try:
             row, item_decisions = ingest_item(item, source, config)
         except Exception as exc:  # one input that breaks a library must not take the rest of the unit down
@@ -182,4 +186,4 @@ def ingest_unit(unit: WorkUnit, source: str, config: IngestConfig, opt_outs: Opt
             counts.notes.update(row["notes"])
     columns = {name: [row[name] for row in rows] for name in SOURCE_IMAGES_SCHEMA.names}
     table = pa.table(columns, schema=SOURCE_IMAGES_SCHEMA)
-    return UnitResult(table, decisions, counts)
+    return UnitResult(table, decisions, counts, bytes_read)

@@ -36,6 +36,7 @@ def test_every_input_is_kept_or_dropped_with_a_reason(tmp_path):
     result = ingest_unit(unit, "drop-1", CONFIG)
     assert result.counts.balanced()
     assert result.counts.total == 8 and result.counts.kept == 4
+    assert result.bytes_read == sum(p.stat().st_size for p in tmp_path.iterdir() if p.suffix != ".json")
     assert dict(result.counts.dropped) == {"empty": 1, "truncated": 1, "not_an_image": 1, "too_small": 1}
     drops = [d for d in result.decisions if d.decision == "drop"]
     assert len(drops) == result.counts.n_dropped and all(d.reason for d in drops)
