@@ -101,7 +101,7 @@ _OCR_COLUMNS = ["sample_id", "text", "lines", "dropped_low_confidence", "backend
 _CAPTION_COLUMNS = ["sample_id", "caption", "backend", "model", "prompt_version", "inputs", "attempts", "failure",
                     "failure_detail", "fallback_from", "quoted", "entities"]
 _VARIANT_COLUMNS = ["sample_id", "tags", "short", "medium", "long", "backend", "model", "prompt_version",
-                    "fallback_reason", "caption_backend"]
+                    "fallback_reason", "caption_backend", "long_is_distinct", "long_note", "medium_note"]
 _SHARD_COLUMNS = ["bucket", "width", "height", "sample_weight", "caption_backend"]
 CHECKPOINT_ASSET = "dit_checkpoint"
 
@@ -370,7 +370,10 @@ def format_downstream(report: dict[str, Any], multiple: bool = False) -> list[st
                      f"{r.get('prompt_version') or '-'}{fallback}]:")
         for kind in ("tags", "short", "medium", "long"):
             if kind in r:
-                lines.append(f"    {kind + ':':<7} {_clip(r[kind] or '')}")
+                text = r[kind] or (f"(none: {r['long_note']})" if kind == "long" and r.get("long_note") else "")
+                lines.append(f"    {kind + ':':<7} {_clip(text)}")
+        if r.get("medium_note"):  # why medium is shorter than its bounds
+            lines.append(f"    note:   {_clip(r['medium_note'])}")
     if report.get("shards"):
         lines.append("  shards:")
         for e in report["shards"]:

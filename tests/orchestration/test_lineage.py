@@ -87,6 +87,7 @@ def chain(storage) -> tuple[str, dict[str, list[str]]]:
                 "medium": 'A diner sign reading "OPEN 24 HOURS" and "since 1952".', "long": caption["caption"],
                 "backend": "deterministic", "model": "", "prompt_version": "v2", "fallback_reason": None,
                 "long_is_distinct": True, "long_note": None,
+                "medium_note": "medium has 9 words, under the 20-40 bounds: the caption carries 3 facts",
                 "caption_backend": "grounded", "quoted": ["OPEN 24 HOURS"], "entities": ["Diner sign"]}
     _write(store, "prompt_variants", None, 0, [variants], VARIANTS_SCHEMA)
 
@@ -156,6 +157,7 @@ def test_text_shows_each_section_compactly(chain, capsys):
     assert "    inputs: 2 OCR line(s); metadata title; visual facts" in text
     assert "  prompt variants [deterministic / - / prompt v2]:" in text
     assert '    short:  Diner sign "OPEN 24 HOURS"' in text and "    tags:   diner sign" in text
+    assert "    note:   medium has 9 words, under the 20-40 bounds" in text
     assert f"    [256] {parts['256'][1]} row 50  bucket 48x20  weight 0.5" in text
     assert f"    [512] {parts['512'][0]} row 0  bucket 48x20  weight 0.5" in text
     assert "checkpoint " + str(Path(storage) / "dit_checkpoint" / "256" / "checkpoint.pt") + \
