@@ -379,6 +379,8 @@ _FILE_NAME_TALK_RE = re.compile(r"(?i)\bfile ?names?\b|\bfilename\b")
 _CLASS_CLAUSE_RE = re.compile(r"(?i),\s*(?:class|label|category)\s*[:=][^,.;!?]*")
 _CLASS_PREFIX_RE = re.compile(r"(?i)^\s*(?:class|label|category)\s*[:=]\s*")
 _LONE_QUOTE_RE = re.compile(r'^["“]([^"”]+)["”]\s*(?=[.!?]?$)')
+_SUBJECTLESS_RE = re.compile(r"(?i)^(?:is|are|was|were|appears?|can|could|shows?|sits?|stands?|lies|hangs|rests?)\b")
+"""What a sentence starts with when its subject was a file stem that got removed."""
 PLACEHOLDER_WORD_RE = re.compile(r"(?i)\b(?:untitled|no title|no caption|no description|placeholder|lorem ipsum)\b")
 """A stand-in for a missing title or caption: dropped when it is (nearly) the whole sentence."""
 
@@ -421,7 +423,10 @@ def clean_vlm_caption(text: str, ocr_lines: Sequence[str] = (), credit: bool = F
         s = _CLASS_CLAUSE_RE.sub("", s)  # ', label: bowl' adds nothing a description has not said
         s = _CLASS_PREFIX_RE.sub("", s)  # 'class: backpack.' -> 'backpack.'
         s = FIELD_LABEL_RE.sub("", s)
-        s = FILE_STEM_TOKEN_RE.sub("", s)
+        stemless = FILE_STEM_TOKEN_RE.sub("", s)
+        if stemless != s and _SUBJECTLESS_RE.match(stemless.strip()):
+            continue  # 'backpack_dog is visible.': the file stem was the sentence's subject, nothing is left
+        s = stemless
         if label or _CLASS_PREFIX_RE.match(s):
             s = _LONE_QUOTE_RE.sub(r"\1", s.strip())  # 'Title: "backpack"': a title, not visible text
         s = grounding.normalize_space(s).strip(" ,;:")
