@@ -144,19 +144,31 @@ def _checkpoint_summary(store: TableStore, path: str, reused: bool) -> dict:
             "source": "checkpoint.pt"}
 
 
-def _require_gpus(train_cfg) -> None:
-    """A GPU run on a cluster without GPUs would wait forever for its workers: fail now, naming what is missing."""
+CPUS_PER_WORKER = 1.0
+"""CPUs each Ray Train worker reserves. The Ray Train (v2) controller reserves none and the Dagster step is no Ray
+task, so `num_workers` workers fit a machine of as many cores: the demo's 2 workers on 2 cores."""
+
+
+def _require_resources(train_cfg, cpus_per_worker: float = CPUS_PER_WORKER) -> None:
+    """A worker group the cluster cannot hold would wait forever for its workers: fail now, naming what is missing
+    (on the embedded cluster; a cluster joined through RAY_ADDRESS may autoscale)."""
     import ray
 
     from orchestration.ray_adapter import init_ray
 
     init_ray()
-    if train_cfg.use_gpu and not os.environ.get("RAY_ADDRESS"):
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus < train_cfg.num_workers:
-            raise RuntimeError(f"use_gpu with {train_cfg.num_workers} worker(s) needs as many GPUs; this Ray cluster "
-                               f"has {gpus:g}. Set dit_checkpoint's use_gpu: false (and num_workers) for a CPU run, "
-                               f"or point RAY_ADDRESS at a GPU cluster")
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+    if train_cfg.use_gpu and gpus < train_cfg.num_workers:
+        raise RuntimeError(f"use_gpu with {train_cfg.num_workers} worker(s) needs as many GPUs; this Ray cluster "
+                           f"has {gpus:g}. Set dit_checkpoint's use_gpu: false (and num_workers) for a CPU run, "
+                           f"or point RAY_ADDRESS at a GPU cluster")
+    if train_cfg.num_workers * cpus_per_worker > cpus:
+        raise RuntimeError(f"{train_cfg.num_workers} Ray Train worker(s) of {cpus_per_worker:g} CPU need "
+                           f"{train_cfg.num_workers * cpus_per_worker:g} CPUs; this Ray cluster has {cpus:g}. Lower "
+                           f"dit_checkpoint's num_workers, or point RAY_ADDRESS at a larger cluster")
 
 
 @dg.asset(
@@ -237,11 +249,11 @@ def _train(context, config: DitCheckpointConfig, store: TableStore, stage: str) 
                 _delete(store, at(name))
         _delete(store, at(SUCCESS_MARKER))  # a killed run must not look finished
         store.write_json(at(INPUTS_MARKER), {"input_id": input_id, "run_id": context.run.run_id})
-        _require_gpus(train_cfg)
+        _require_resources(train_cfg)
         context.log.info(f"stage {stage}: recipe {recipe}, model {config.model_size}, {rows} rows in "
                          f"{len(shards)} shards, {train_cfg.steps} steps, from {init_from or 'scratch'}")
         result = run_ray_train(model_cfg, train_cfg, shards, store.uri(out), init_from=init_from, resume=True,
-                               cpus_per_worker=1.0)
+                               cpus_per_worker=CPUS_PER_WORKER)
         reused = False
 
     records = read_metrics(store, at("metrics.jsonl"))

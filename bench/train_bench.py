@@ -1,90 +1,62 @@
-"""DiT training throughput on this machine (debug size, 64 and 128 px) and an analytic FLOPs / MFU estimate.
+"""DiT training on this machine: the step by phase, the debug and S models on 1 and 2 CPU workers against the matmul
+bound, and XL on one H100 on paper (before / after the loader, device-side noise and the text-state cache).
 
-    .venv/bin/python bench/train_bench.py [--steps 30] [--threads 1]
+    .venv/bin/python bench/train_bench.py [--steps 30] [--s-steps 12] [--no-teacher]
 
-Throughput is measured with the real trainer (`training.trainer.train`) on synthetic shards, with the parameter-free
-`hash` text encoder and no iREPA teacher (pure DiT step: forward, backward, AdamW, EMA), plus one row with the
-embedded iREPA teacher (16 samples: their teacher features are computed in the first epoch, inside the excluded
-warm-up, and cached after, so that row adds the projector and the cache lookup). The first 5 steps are excluded;
-samples/s is the batch over the median step time (the mean is reported too: it moves with other jobs' bursts).
-A 1024^2 fp32 matmul on the same threads is the compute bound. The XL-on-H100 part is on paper (see the report).
-Results go to bench/results/train_bench.md.
+Every row is the real trainer (`training.trainer.train`, or `train_loop_per_worker` in 2 gloo processes through
+`training.distributed.run_local`, the same launcher as tests/training/test_distributed.py) on synthetic shards, with
+the parameter-free `hash` text encoder read from the text-state cache, no iREPA teacher unless the row says so,
+`train(..., profile=True)`: each step is split into data (next batch from the loader, host-to-device copy), text
+(the cached states' copy and the CFG-dropout mask), forward (with the loss), backward (DDP's gradient all-reduce
+included), optimizer (clip + AdamW) and EMA. On CPU autograd is synchronous, so these wall times are honest; the
+profiler's device syncs exist only with profile=True. The first 5 steps (3 for S) are excluded; samples/s is the
+global batch over the median step (the mean too); phases are means over the same steps. The bound is a 1024^2 fp32
+matmul on 1 and on 2 threads, measured in the same run. Results go to bench/results/train_bench.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tests.training.shards import write_shard_dir  # noqa: E402
-from training.config import SIZES, ModelConfig, TrainConfig, param_count, recipes  # noqa: E402
-from training.trainer import train  # noqa: E402
+from bench.train_paper import (  # noqa: E402
+    MFU,
+    PROD_TEXT_TOKENS,
+    per_token_params,
+    text_cache_hours_per_million_rows,
+    train_flops,
+    xl_feed_table,
+    xl_h100_estimates,
+    xl_table_lines,
+)
+from tests.training.shards import synthetic_image, write_shard_dir  # noqa: E402
+from training.config import SIZES, TrainConfig, param_count, recipes  # noqa: E402
+from training.runtime import PHASES  # noqa: E402
 
-H100_BF16_DENSE = 989e12
-"""H100 SXM dense bf16 tensor-core peak, FLOP/s (NVIDIA datasheet; 1,979 is the 2:4-sparsity figure)."""
-MFU = 0.35
-"""Assumed model-FLOPs utilisation of a tuned XL run (see the notes in the report)."""
-PROD_TEXT_TOKENS = 256
-"""Text tokens per sample in the production recipes (`text_max_length=256`; prompts are padded per batch)."""
-QWEN3_VL_8B_LM_MATMUL = 6.95e9
-"""Non-embedding parameters of Qwen3-VL-8B's language model (36 layers, width 4096, SwiGLU 12288, GQA 32/8)."""
-DINOV2_L = 0.304e9
-"""Parameters of a DINOv2 ViT-L/14 iREPA teacher."""
-
-
-def per_token_params(config: ModelConfig) -> dict[str, int]:
-    """Parameters by the tokens they act on: every token (the blocks), image tokens only (patch embedding, output
-    head, iREPA projector), text tokens only (text projection), once per sample (timestep MLP, shared modulation)."""
-    import torch
-
-    from training.model import DiT, IREPAProjector
-
-    with torch.device("meta"):
-        model = DiT(config)
-        projector = IREPAProjector(config.dim, config.repa_teacher_dim, config.repa_hidden)
-
-    def count(*modules) -> int:
-        return sum(p.numel() for m in modules for p in m.parameters())
-
-    return {"all_tokens": count(model.blocks), "image": count(model.patch_embed, model.final),
-            "repa": count(projector), "text": count(model.text_proj),
-            "per_sample": count(model.time_mlp, model.mod_shared)}
-
-
-def forward_flops(config: ModelConfig, image_tokens: int, text_tokens: int, repa: bool = True) -> dict[str, float]:
-    """Forward FLOPs per sample: 2 per parameter per token it acts on (one multiply-add), plus attention
-    (QK^T and AV over the joint sequence L: 4 * L^2 * dim per block; GQA shares K/V but not these FLOPs)."""
-    p = per_token_params(config)
-    seq = image_tokens + text_tokens
-    linear = 2.0 * (p["all_tokens"] * seq + p["image"] * image_tokens + p["text"] * text_tokens + p["per_sample"])
-    if repa:  # the iREPA projector (3x3 conv + 1x1 conv) runs on the image-token grid of block `repa_depth`
-        linear += 2.0 * p["repa"] * image_tokens
-    attention = 4.0 * seq**2 * config.dim * config.depth
-    return {"linear": linear, "attention": attention, "total": linear + attention}
-
-
-def train_flops(config: ModelConfig, image_tokens: int, text_tokens: int, repa: bool = True) -> float:
-    """Training FLOPs per sample: forward + backward = 3x forward (model FLOPs: activation recomputation excluded)."""
-    return 3.0 * forward_flops(config, image_tokens, text_tokens, repa)["total"]
+BATCH = 8
+TEXT_TOKENS = 8  # the hash encoder: ~8 words per synthetic caption
 
 
 def matmul_bound(threads: int, n: int = 1024, reps: int = 20) -> float:
     """GFLOP/s of a plain fp32 n x n matmul on `threads` torch threads: this machine's practical compute bound."""
-    import torch
-
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
@@ -97,132 +69,199 @@ def matmul_bound(threads: int, n: int = 1024, reps: int = 20) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
-def measure(size_px: int, steps: int, threads: int, teacher: str, work: Path) -> dict:
-    model_cfg = SIZES["debug"]
-    shards = write_shard_dir(work / f"shards{size_px}", n_shards=1, per_shard=16, sizes=[(size_px, size_px)])
-    cfg = TrainConfig(stage_size=0, steps=steps, batch_size=8, lr=1e-3, warmup_steps=5, log_every=1,
+def measure(name: str, px: int, steps: int, warm: int, work: Path, *, workers: int = 1, threads: int = 1,
+            loader_workers: int = 0, teacher: str = "none") -> dict:
+    """One stage of `steps` steps of model `name` at px x px (batch 8 per worker), phases timed."""
+    from training.distributed import run_local
+    from training.trainer import train
+
+    model = SIZES[name]
+    shard_dir = work / f"shards{px}"
+    if not shard_dir.exists():
+        write_shard_dir(shard_dir, n_shards=2, per_shard=16, sizes=[(px, px)])
+    cfg = TrainConfig(stage_size=0, steps=steps, batch_size=BATCH, lr=1e-3, warmup_steps=5, log_every=1,
                       checkpoint_every=10 * steps, text_encoder="hash", teacher=teacher,
-                      repa_weight=0.5 if teacher != "none" else 0.0, threads=threads, preview_prompts=())
-    out = work / f"run{size_px}-{teacher}"
+                      repa_weight=0.5 if teacher != "none" else 0.0, threads=threads, loader_workers=loader_workers,
+                      num_workers=workers, strategy="ddp", preview_prompts=())
+    out = work / f"run-{name}-{px}-{workers}w{threads}t-l{loader_workers}-{teacher}"
     start = time.perf_counter()
-    train(model_cfg, cfg, str(shards), out, resume=False)
+    if workers == 1:
+        train(model, cfg, str(shard_dir), out, resume=False, profile=True)
+    else:
+        run_local({"model_config": asdict(model), "train_config": asdict(cfg), "shards": [str(shard_dir)],
+                   "out_dir": str(out), "resume": False, "profile": True}, workers)
     wall = time.perf_counter() - start
-    lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    warm = lines[5:]  # skip warm-up steps
-    step_seconds = sorted(cfg.batch_size / m["samples_per_second"] for m in warm)
-    sps = cfg.batch_size / step_seconds[len(step_seconds) // 2]  # median step: robust to other jobs' bursts
-    mean_sps = cfg.batch_size * len(warm) / sum(step_seconds)
-    tokens = (size_px // model_cfg.patch_size) ** 2
-    flops = train_flops(model_cfg, tokens, 8, repa=teacher != "none")  # hash encoder: ~8 words per caption
-    return {"size": size_px, "teacher": teacher, "tokens": tokens, "samples_per_second": sps, "mean_sps": mean_sps,
-            "train_gflops_per_sample": flops / 1e9, "achieved_gflops": sps * flops / 1e9, "wall_s": wall,
-            "loss_first": lines[0]["loss_fm"], "loss_last": lines[-1]["loss_fm"]}
+    lines = [json.loads(line) for line in open(out / "metrics.jsonl")][warm:]
+    global_batch = BATCH * workers
+    step_s = [global_batch / m["samples_per_second"] for m in lines]
+    sps = global_batch / statistics.median(step_s)
+    tokens = (px // model.patch_size) ** 2
+    flops = train_flops(model, tokens, TEXT_TOKENS, repa=teacher != "none")
+    phases = {p: statistics.fmean(m[f"time_{p}"] for m in lines) for p in PHASES}
+    return {"model": name, "px": px, "tokens": tokens, "workers": workers, "threads": threads,
+            "loader_workers": loader_workers, "teacher": teacher, "sps": sps,
+            "mean_sps": global_batch * len(step_s) / sum(step_s), "step_ms": 1e3 * statistics.fmean(step_s),
+            "phases_ms": {p: 1e3 * v for p, v in phases.items()}, "gflops_per_sample": flops / 1e9,
+            "achieved_gflops": sps * flops / 1e9, "wall_s": wall, "loss": (lines[0]["loss_fm"], lines[-1]["loss_fm"])}
 
 
-def xl_h100_estimates(recipes: dict) -> list[dict]:
-    """Per curriculum stage: XL's tokens and training FLOPs per sample, samples/s per H100 at `MFU`, the recipe's
-    samples and GPU-hours, the frozen encoders' cost, and the activation memory per sample."""
-    cfg = SIZES["XL"]
-    rows = []
-    for stage in ("256", "512", "1024"):
-        recipe = recipes[stage]
-        image_tokens = (int(stage) // cfg.patch_size) ** 2
-        fwd = forward_flops(cfg, image_tokens, PROD_TEXT_TOKENS)
-        flops = 3.0 * fwd["total"]
-        sps = MFU * H100_BF16_DENSE / flops
-        samples = recipe.steps * recipe.batch_size * recipe.num_workers
-        seq = image_tokens + PROD_TEXT_TOKENS
-        teacher_px = 448 if int(stage) >= 512 else 224
-        frozen = 2.0 * QWEN3_VL_8B_LM_MATMUL * PROD_TEXT_TOKENS + 2.0 * DINOV2_L * ((teacher_px // 14) ** 2 + 1)
-        # bf16 activations kept for backward, per block (Korthikanti et al. 2022, flash attention: ~34 * L * d bytes)
-        act_block = 34.0 * seq * cfg.dim
-        rows.append({"stage": stage, "image_tokens": image_tokens, "seq": seq, "train_tflop": flops / 1e12,
-                     "attention_share": fwd["attention"] / fwd["total"], "samples_per_second": sps,
-                     "batch": recipe.batch_size, "workers": recipe.num_workers, "samples": samples,
-                     "gpu_hours": samples / sps / 3600, "frozen_tflop": frozen / 1e12, "teacher_px": teacher_px,
-                     "act_full_gb": act_block * cfg.depth * recipe.batch_size / 1e9,
-                     "act_ckpt_gb": (2.0 * seq * cfg.dim * cfg.depth + act_block) * recipe.batch_size / 1e9})
-    return rows
+def textured_jpeg(px: int, seed: int = 0) -> bytes:
+    """A px x px JPEG (quality 95, the shards' default) of a smooth picture plus grain, like a photo's entropy."""
+    from PIL import Image
+
+    base = np.asarray(synthetic_image(px, px, seed), dtype=np.float32)
+    grain = np.random.default_rng(seed).normal(0, 12, base.shape)
+    buf = io.BytesIO()
+    Image.fromarray((base + grain).clip(0, 255).astype(np.uint8), "RGB").save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def feed_costs(reps: int = 5) -> tuple[dict[int, float], dict[int, float]]:
+    """ms per sample on one core of this CPU: the loader's decode of a stage-size JPEG into a float tensor, and a
+    CPU `torch.randn` of the sample's noise (what the step thread did before noise moved to the device)."""
+    from training.data import decode_image
+
+    torch.set_num_threads(1)
+    decode, noise = {}, {}
+    for px in (256, 512, 1024):
+        data = textured_jpeg(px)
+        decode_image(data, (px, px))
+        decode[px] = 1e3 * min(_timed(lambda d=data, p=px: decode_image(d, (p, p))) for _ in range(reps))
+        noise[px] = 1e3 * min(_timed(lambda p=px: torch.randn(3, p, p)) for _ in range(reps))
+    return decode, noise
+
+
+def text_encoder_ms(reps: int = 5) -> float | None:
+    """ms for the bundled MiniLM to encode one batch of 8 captions on one thread: the text phase per step that the
+    text-state cache removes (None if MiniLM cannot be loaded here)."""
+    try:
+        from training.text import load_text_encoder
+
+        encoder = load_text_encoder("minilm", max_length=64)
+    except Exception as exc:  # noqa: BLE001 - optional row
+        print(f"MiniLM not measured: {exc}", file=sys.stderr)
+        return None
+    torch.set_num_threads(1)
+    prompts = [f"a watercolour painting of a lighthouse at dusk, number {i}, soft light over a calm sea and rocks"
+               for i in range(BATCH)]
+    encoder._encode_uncached(prompts)  # the encoder itself: its in-process LRU would answer repeats from memory
+    return 1e3 * min(_timed(lambda: encoder._encode_uncached(prompts)) for _ in range(reps))
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} CPU, fp32; `uptime` at start: {uptime}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=30, help="steps of each debug row (first 5 excluded)")
+    parser.add_argument("--s-steps", type=int, default=12, help="steps of each S row (first 3 excluded)")
+    parser.add_argument("--no-teacher", action="store_true", help="skip the embedded-iREPA-teacher row")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_bench.md"))
     args = parser.parse_args()
-    load = os.getloadavg()
-    bound = matmul_bound(args.threads)
+    machine, started = _machine(), datetime.now(UTC)
+    bounds = {t: matmul_bound(t) for t in (1, 2)}
+    cases = [("debug", 64, 1, 1, 0), ("debug", 64, 1, 1, 1), ("debug", 64, 1, 2, 0), ("debug", 64, 2, 1, 0),
+             ("S", 128, 1, 1, 0), ("S", 128, 1, 2, 0), ("S", 128, 2, 1, 0)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = [measure(size, args.steps, args.threads, teacher, work)
-                for size, teacher in ((64, "none"), (128, "none"), (64, "embedded"))]
-    ests = xl_h100_estimates(recipes())
-    debug, xl = SIZES["debug"], SIZES["XL"]
-    xl_params = per_token_params(xl)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    lines = [
-        "# DiT training throughput",
-        "",
-        f"Machine: {cpu}, {os.cpu_count()} CPUs, load average at start {load[0]:.1f} / {load[1]:.1f} / "
-        f"{load[2]:.1f}; torch {torch.__version__} CPU, fp32, {args.threads} torch thread(s). Date: "
-        f"{date.today().isoformat()}. Model: `debug` ({param_count(debug) / 1e6:.2f} M params, dim {debug.dim}, "
-        f"depth {debug.depth}, patch {debug.patch_size}), batch 8, AdamW + EMA, {args.steps} steps (first 5 "
-        "excluded), `hash` text encoder (~8 tokens). Command: `.venv/bin/python bench/train_bench.py`.",
-        "",
-        f"Bound measured in the same run: a 1024x1024 fp32 matmul on {args.threads} thread(s) reaches "
-        f"{bound:.0f} GFLOP/s.",
-        "",
-        "| px | image tokens | iREPA teacher | samples/s (median step) | samples/s (mean) | train GFLOP/sample "
-        "(analytic) | achieved GFLOP/s | share of the matmul bound | loss first -> last step |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in rows:
-        lines.append(f"| {r['size']} | {r['tokens']} | {r['teacher']} | {r['samples_per_second']:.1f} | "
-                     f"{r['mean_sps']:.1f} | "
-                     f"{r['train_gflops_per_sample']:.3f} | {r['achieved_gflops']:.1f} | "
-                     f"{r['achieved_gflops'] / bound:.1%} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} |")
-    lines += [
-        "",
-        "FLOPs model (model FLOPs, as MFU counts them): forward = 2 x (parameters x the tokens they act on) + "
-        "4 x L^2 x dim x depth for attention (L = text + image tokens); the blocks act on all L tokens, the patch "
-        "embedding, output head and iREPA projector on image tokens only, the text projection on text tokens only, "
-        "the timestep MLP and the shared modulation once per sample; training = 3 x forward (activation "
-        "recomputation not counted).",
-        "",
-        "## On paper: XL on one H100",
-        "",
-        f"XL: {param_count(xl) / 1e6:.0f} M parameters (blocks {xl_params['all_tokens'] / 1e6:.0f} M; dim "
-        f"{xl.dim}, depth {xl.depth}, {xl.heads} query / {xl.kv_heads} KV heads, head_dim {xl.head_dim}), iREPA "
-        f"projector {xl_params['repa'] / 1e6:.0f} M, pixel space with patch {xl.patch_size} (one token per "
-        f"{xl.patch_size}x{xl.patch_size}x3 patch), {PROD_TEXT_TOKENS} text tokens (the production recipes' "
-        f"`text_max_length`). Assumed MFU {MFU:.0%} of the 989 TFLOP/s dense bf16 peak "
-        f"= {MFU * 989:.0f} TFLOP/s. Production recipes: 8 GPUs per stage.",
-        "",
-        "| stage px | image tokens | sequence | train TFLOP/sample | attention share | samples/s per H100 | "
-        "recipe: batch/GPU x GPUs, samples | GPU-hours for the stage | frozen encoders TFLOP/sample (uncached) | "
-        "activations GB/GPU: kept / with checkpointing |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
-    ]
-    for e in ests:
-        lines.append(f"| {e['stage']} | {e['image_tokens']} | {e['seq']} | {e['train_tflop']:.2f} | "
-                     f"{e['attention_share']:.0%} | {e['samples_per_second']:.0f} | {e['batch']} x {e['workers']}, "
-                     f"{e['samples'] / 1e6:.1f} M | {e['gpu_hours']:,.0f} | {e['frozen_tflop']:.2f} "
-                     f"({e['frozen_tflop'] / e['train_tflop']:.1f}x the step) | {e['act_full_gb']:.0f} / "
-                     f"{e['act_ckpt_gb']:.1f} |")
-    lines += [
-        "",
-        "Frozen encoders: Qwen3-VL-8B's language model over 256 text tokens (2 x 6.95 B non-embedding parameters x "
-        "256; all layers run, since layer -1 is fused) plus a DINOv2 ViT-L/14 teacher at 224 px (256 stage) or "
-        "448 px. Activations: ~34 x L x dim bytes per block in bf16 (the GPT estimate with FlashAttention; the "
-        "gate and modulation tensors add more) for the recipe's batch; with checkpointing only each block's input "
-        "is kept plus one block being recomputed.",
-        "",
-    ]
+        rows = []
+        for name, px, workers, threads, loader in cases:
+            steps, warm = (args.steps, 5) if name == "debug" else (args.s_steps, 3)
+            rows.append(measure(name, px, steps, warm, work, workers=workers, threads=threads, loader_workers=loader))
+            print(f"{name} {px}px {workers}w x {threads}t loader {loader}: {rows[-1]['sps']:.1f} samples/s",
+                  flush=True)
+        if not args.no_teacher:
+            try:
+                rows.append(measure("debug", 64, args.steps, 5, work, teacher="embedded"))
+            except Exception as exc:  # noqa: BLE001 - the embedded teacher needs onnxruntime and its wheel
+                print(f"teacher row skipped: {exc}", file=sys.stderr)
+    decode_ms, noise_ms = feed_costs()
+    minilm_ms = text_encoder_ms()
+    finished = datetime.now(UTC)
+    load_end = os.getloadavg()
+    lines = report(rows, bounds, decode_ms, noise_ms, minilm_ms, machine, started, finished, load_end)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def report(rows, bounds, decode_ms, noise_ms, minilm_ms, machine, started, finished, load_end) -> list[str]:
+    debug, s_cfg, xl = SIZES["debug"], SIZES["S"], SIZES["XL"]
+    lines = [
+        "# DiT training throughput",
+        "",
+        f"Machine: {machine}; load average at the end {load_end[0]:.2f} / {load_end[1]:.2f} / {load_end[2]:.2f}. "
+        f"Run {started:%Y-%m-%d %H:%M}-{finished:%H:%M} UTC. Command: `.venv/bin/python bench/train_bench.py`.",
+        "",
+        f"Models: `debug` ({param_count(debug) / 1e6:.2f} M parameters, dim {debug.dim}, depth {debug.depth}, "
+        f"patch {debug.patch_size}) at 64 px = {(64 // debug.patch_size) ** 2} image tokens; `S` "
+        f"({param_count(s_cfg) / 1e6:.1f} M, dim {s_cfg.dim}, depth {s_cfg.depth}, patch {s_cfg.patch_size}) at "
+        f"128 px = {(128 // s_cfg.patch_size) ** 2} image tokens; batch {BATCH} per worker, AdamW + EMA, fp32, "
+        "`hash` text states from the cache (~8 tokens), no iREPA teacher unless shown. Matmul bound measured in the "
+        f"same run (1024^2 fp32): {bounds[1]:.0f} GFLOP/s on 1 thread, {bounds[2]:.0f} GFLOP/s on 2 threads.",
+        "",
+        "| model | px | workers x threads | loader workers | samples/s (median step) | samples/s (mean) | "
+        "achieved GFLOP/s | share of the bound | step ms | data | text | forward | backward | optimizer | EMA | "
+        "loss first -> last |",
+        "| --- | ---: | --- | ---: " + "| ---: " * 11 + "| --- |",
+    ]
+    for r in rows:
+        cores = r["workers"] * r["threads"]
+        ph = r["phases_ms"]
+        teacher = "" if r["teacher"] == "none" else f" + {r['teacher']} iREPA teacher"
+        lines.append(
+            f"| {r['model']}{teacher} | {r['px']} | {r['workers']} x {r['threads']} | {r['loader_workers']} | "
+            f"{r['sps']:.1f} | {r['mean_sps']:.1f} | {r['achieved_gflops']:.1f} | "
+            f"{r['achieved_gflops'] / bounds[cores]:.0%} of {cores} thread(s) | {r['step_ms']:.1f} | "
+            + " | ".join(f"{ph[p]:.1f}" for p in PHASES)
+            + f" | {r['loss'][0]:.3f} -> {r['loss'][1]:.3f} |")
+    lines += [
+        "",
+        "Phases are ms per step (means; the median step can differ from their sum); `workers x threads`: gloo DDP "
+        "processes x torch threads each. Train GFLOP/sample (analytic): "
+        + ", ".join(sorted({f"{r['model']} {r['px']} px{' + teacher' if r['teacher'] != 'none' else ''} "
+                            f"{r['gflops_per_sample']:.2f}" for r in rows})) + ".",
+    ]
+    if minilm_ms is not None:
+        lines += ["", f"Text phase without the cache: the bundled MiniLM encodes one batch of {BATCH} captions in "
+                      f"{minilm_ms:.1f} ms on one thread (measured here; the cached text phase above is the copy and "
+                      "the dropout mask)."]
+    estimates = xl_h100_estimates(recipes())
+    feed = xl_feed_table(estimates, decode_ms, noise_ms)
+    xl_params = per_token_params(xl)
+    lines += ["", "## On paper: XL on one H100", ""] + xl_table_lines(estimates) + [
+        "",
+        "### Before and after the loader, device-side noise and the text-state cache",
+        "",
+        f"XL: {param_count(xl) / 1e6:.0f} M parameters (blocks {xl_params['all_tokens'] / 1e6:.0f} M), "
+        f"{PROD_TEXT_TOKENS} text tokens, Qwen3-VL-8B text encoder, DINOv2-L teacher, MFU {MFU:.0%} of 989 TFLOP/s "
+        "bf16 for the DiT and for the frozen encoders. Measured on this CPU, one core: JPEG decode (quality 95, "
+        "stage size) + float conversion, and CPU `randn` of one sample's noise. Everything else is arithmetic.",
+        "",
+        "| stage px | DiT step ms/sample | text encoder ms/sample (before; now cached: 0) | teacher ms/sample "
+        "(both) | decode ms/sample, one core (measured; now in loader workers) | CPU noise + pageable copy ms/sample "
+        "(before; now on the device: ~0) | samples/s per H100 before / now | cores/GPU to decode at that rate | "
+        "H100-hours for the stage: before / now / DiT alone |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    for f in feed:
+        lines.append(f"| {f['stage']} | {f['step_ms']:.2f} | {f['text_ms']:.2f} | {f['teacher_ms']:.2f} | "
+                     f"{f['decode_ms']:.2f} | {f['noise_ms']:.2f} | {f['before_sps']:.0f} / {f['after_sps']:.0f} | "
+                     f"{f['cores_per_gpu']:.1f} | {f['before_hours']:,.0f} / {f['after_hours']:,.0f} / "
+                     f"{f['dit_hours']:,.0f} |")
+    lines += ["", f"Filling the text-state cache: {text_cache_hours_per_million_rows():.1f} H100-hours per million "
+                  "rows (4 variants x 256 tokens, once for every stage and rerun).", ""]
+    return lines
 
 
 if __name__ == "__main__":

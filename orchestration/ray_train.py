@@ -59,7 +59,7 @@ def run_ray_train(model_cfg: ModelConfig, train_cfg: TrainConfig, shards: list[s
         out_dir: directory for checkpoint.pt / metrics.jsonl / samples.png: a path shared with rank 0, or a URI.
         init_from: previous stage's checkpoint.pt (a path or a URI), or None.
         resume: continue from out_dir/checkpoint.pt if present.
-        cpus_per_worker: CPUs each worker reserves (1 on a 2-core machine, so the loop never holds every CPU).
+        cpus_per_worker: CPUs each worker reserves (the controller reserves none: 2 workers of 1 fit 2 cores).
 
     Returns:
         The TrainResult fields (`steps`, `final_loss`, `metrics_path`, `checkpoint_path`, `samples_per_second`,

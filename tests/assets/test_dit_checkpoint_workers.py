@@ -55,3 +55,16 @@ def test_two_worker_stage_and_reuse_without_loading(tmp_path, ray_session, monke
     meta, checks = _materialize(store)
     assert meta["reused"].value is True and checks["checkpoint_loads"].passed
     assert checks["checkpoint_loads"].metadata["checked"].value == "checkpoint.json"
+
+
+def test_a_worker_group_larger_than_the_cluster_fails_at_once(ray_session, monkeypatch):
+    from dataclasses import replace
+
+    from assets.dit_checkpoint import _require_resources
+    from training.config import TrainConfig
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cpus = ray_session.cluster_resources()["CPU"]
+    _require_resources(replace(TrainConfig(), num_workers=int(cpus)))  # the demo's 2 workers on 2 CPUs fit
+    with pytest.raises(RuntimeError, match="num_workers"):
+        _require_resources(replace(TrainConfig(), num_workers=int(cpus) + 1))
