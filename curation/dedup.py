@@ -2,9 +2,11 @@
 embeddings) candidates, each non-exact candidate verified as the same picture before anything is removed.
 
 The rule is SemDeDup's, not a transitive closure: rows are visited best representative first (resolution,
-provenance, bytes, earliest) and a row is removed only as a verified near-copy of a row already KEPT. A chain of
-similar pairs A~B~C therefore never removes C for resembling B: on flat illustration and abstract art the embedding
-puts unrelated pictures at cosine 0.91-0.94, and the closure had one representative absorb 111 distinct images
+provenance, bytes, earliest) and a row is removed only as a verified near-copy of a row already KEPT, or of a row
+already removed as such (verification says both are the same picture, so the kept row is the representative of
+both: a crop of the original is still found when a same-size re-encode outranked the original). A chain of merely
+similar pairs A~B~C never removes C for resembling B: on flat illustration and abstract art the embedding puts
+unrelated pictures at cosine 0.91-0.94, and the closure had one representative absorb 111 distinct images
 (issue 14). Verification (`curation.dedup_verify`: local features + RANSAC, flips included, then photometric
 agreement) needs pixels: a small thumbnail per row, stored with the features.
 
@@ -26,7 +28,7 @@ from curation.decisions import Decision
 from curation.dedup_verify import Picture, VerifyConfig, same_picture
 from curation.hamming import hamming_pairs
 
-DEDUP_CODE_VERSION = "dedup-2"
+DEDUP_CODE_VERSION = "dedup-3"
 EXACT, PERCEPTUAL, SEMANTIC = "exact_duplicate", "perceptual_duplicate", "semantic_duplicate"
 
 
@@ -239,7 +241,7 @@ def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None
     n = len(new)
     m = len(curated) if curated is not None else 0
     edges = {EXACT: 0, PERCEPTUAL: 0, SEMANTIC: 0, "verified": 0, "rejected_by_verification": 0,
-             "verification_budget_exhausted": 0}
+             "verification_budget_exhausted": 0, "verified_via_copy": 0}
     keep = np.ones(n, dtype=bool)
     if n == 0:
         return DedupResult(keep=keep, decisions=[], components=0, edges=edges)
@@ -264,6 +266,10 @@ def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None
             removed[x] = (EXACT, 0.0, 0.0, target, {})
     edges[EXACT] = int((head != np.arange(n)).sum()) + len(removed)
     active = np.flatnonzero((head == np.arange(n)) & ~np.isin(np.arange(n), list(removed)))
+
+    def node_id(y: int) -> tuple[str, str]:
+        return (new.sample_ids[y], new.source_uris[y]) if y < n else (curated.sample_ids[y - n],
+                                                                        curated.source_uris[y - n])
 
     # candidates among the active rows and against the curated ones: (u, v, key); a lower key is stronger
     us, vs, keys, kinds, scores = [], [], [], [], []
@@ -317,7 +323,11 @@ def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None
             tried: set[int] = set()
             for e in range(bounds[x], bounds[x + 1]):
                 y = int(dst[e])
-                if not (decided[y] and kept_node[y]) or y in tried:
+                # a kept row, or (with verification) a row verified as the same picture as a kept one: what is
+                # the same picture as it is the same picture as its representative. Unverified candidates never
+                # chain (the transitive closure that merged distinct art before dedup-2).
+                if not decided[y] or y in tried or not (kept_node[y] or (pictures is not None and y in removed
+                                                                          and removed[y][4])):
                     continue
                 if len(tried) >= config.max_verifications:
                     edges["verification_budget_exhausted"] += 1
@@ -333,14 +343,15 @@ def deduplicate(new: Candidates, config: DedupConfig, curated: Candidates | None
                     edges["verified"] += 1
                     details = {"verification": verdict.details()}
                 threshold = float(config.phash_threshold) if kind[e] == PERCEPTUAL else config.semantic_threshold
-                removed[x] = (str(kind[e]), float(score[e]), threshold, y, details)
+                target = y
+                if not kept_node[y]:  # verified against a verified copy: its representative is ours
+                    target = removed[y][3]
+                    details["verified_against"] = node_id(y)[1]
+                    edges["verified_via_copy"] += 1
+                removed[x] = (str(kind[e]), float(score[e]), threshold, target, details)
                 break
             else:
                 kept_node[x] = True
-
-    def node_id(y: int) -> tuple[str, str]:
-        return (new.sample_ids[y], new.source_uris[y]) if y < n else (curated.sample_ids[y - n],
-                                                                        curated.source_uris[y - n])
 
     decisions: list[Decision] = []
     representatives: set[int] = set()

@@ -118,3 +118,31 @@ def test_provenance_breaks_ties_before_bytes():
     assert deduplicate(c, config).keep.tolist() == [True, False]  # bytes decide without provenance
     c.provenance = np.array([0, 1])  # the CMYK copy needed converting, the RGB one did not
     assert deduplicate(c, config).keep.tolist() == [False, True]
+
+
+def test_a_verified_copy_of_a_removed_copy_goes_to_the_kept_representative(monkeypatch):
+    # r (most pixels) is kept; o is verified as r's copy; c is the same picture as o but verification cannot tell
+    # it from r directly (a crop of the original against a re-encode): c goes, as a copy of r via o. An UNVERIFIED
+    # chain never does this: with verification off c stays (the test above), and d, which verification calls
+    # different from o, stays too.
+    import curation.dedup as dedup
+
+    same = {("r", "o"), ("o", "c")}
+
+    class Verdict:
+        def __init__(self, ok):
+            self.same = ok
+
+        def details(self):
+            return {"method": "test"}
+
+    monkeypatch.setattr(dedup, "_Pictures", lambda new, curated, nodes: {i: new.sample_ids[i] for i in nodes})
+    monkeypatch.setattr(dedup, "same_picture", lambda a, b, config: Verdict((a, b) in same or (b, a) in same))
+    v = [basis(0), [1, 0.05, 0, 0, 0, 0, 0, 0], [1, 0.1, 0, 0, 0, 0, 0, 0], [1, 0.12, 0, 0, 0, 0, 0, 0]]
+    c_ = cands(["r", "o", "c", "d"], [1, 2, 3, 4], v, pixels=[400, 300, 200, 100])
+    result = deduplicate(c_, DedupConfig(phash_threshold=-1, semantic_threshold=0.9))
+    assert result.keep.tolist() == [True, False, False, True]
+    by_uri = {d.source_uri: d for d in result.decisions}
+    assert by_uri["u/o"].duplicate_of == "r" and "verified_against" not in by_uri["u/o"].details
+    assert by_uri["u/c"].duplicate_of == "r" and by_uri["u/c"].details["verified_against"] == "u/o"
+    assert result.edges["verified_via_copy"] == 1
