@@ -78,8 +78,8 @@ def weights_files(config: StyleConfig) -> list[Path]:
         return [path]
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if not any(p.suffix != ".json" for p in files):
-        raise FileNotFoundError(f"style backend {config.backend!r}: no weight files ({', '.join(WEIGHT_SUFFIXES[1:])}) "
-                                f"in {path}")
+        kinds = ", ".join(WEIGHT_SUFFIXES[1:])
+        raise FileNotFoundError(f"style backend {config.backend!r}: no weight files ({kinds}) in {path}")
     return files
 
 

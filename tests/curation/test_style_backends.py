@@ -167,6 +167,13 @@ def test_weights_that_do_not_fill_the_model_are_refused(tmp_path, weights):
     with pytest.raises(ValueError, match="not a CSD checkpoint"):
         torch.save({"x": torch.zeros(1)}, tmp_path / "other.pth")
         load_style_embedder(StyleConfig(backend="csd", weights=str(tmp_path / "other.pth")))
+    from safetensors.torch import load_file, save_file
+
+    hf = save_hf_dir(tmp_path / "hf_partial", 3)
+    tensors = load_file(str(hf / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "post_layernorm.weight" not in k}, str(hf / "model.safetensors"))
+    with pytest.raises(ValueError, match="does not hold the whole vision tower"):
+        load_style_embedder(StyleConfig(backend="clip", weights=str(hf)))
     # an open_clip checkpoint file needs its architecture; an architecture it does not fit is refused
     ckpt = tmp_path / "oc.safetensors"
     ckpt.write_bytes((weights["open_clip"] / "open_clip_model.safetensors").read_bytes())
