@@ -191,3 +191,29 @@ def test_unknown_backend_is_refused():
 def test_clip_blocks_sit_at_thirds_of_the_depth():
     assert clip_style_blocks(24) == [8, 16] and clip_style_blocks(12) == [4, 8]
     assert clip_style_blocks(2) == [0, 1] and clip_style_blocks(1) == [0]
+
+
+def test_attribute_answers_a_csd_index_given_its_weights_and_refuses_others(tmp_path, weights):
+    from assets.creator_style_index import index_path
+    from curation.style.creators import build_creator_index
+    from orchestration.attribute import attribute_files
+    from orchestration.storage import TableStore
+
+    config = _config("csd", weights["csd"])
+    embedder = load_style_embedder(config)
+    pictures = images()
+    style, _ = embedder.embed(pictures)
+    ids = [f"{i:064x}" for i in range(len(pictures))]
+    creators = {sid: (("ann", "Ann") if i % 2 else ("bob", "Bob")) for i, sid in enumerate(ids)}
+    index, _ = build_creator_index(creators, dict(zip(ids, style, strict=True)), embedder.name)
+    store = TableStore(str(tmp_path / "storage"))
+    store.write_bytes(index_path(store), index.to_bytes())
+    query = tmp_path / "query.png"
+    pictures[0].save(query)
+    with pytest.raises(SystemExit, match="give their local path"):
+        attribute_files(str(tmp_path / "storage"), [str(query)])
+    with pytest.raises(SystemExit, match="not the weights"):
+        attribute_files(str(tmp_path / "storage"), [str(query)], style_weights=str(weights["csd_b"]))
+    [line] = attribute_files(str(tmp_path / "storage"), [str(query)], style_weights=str(weights["csd"]))
+    assert line["descriptor"] == embedder.name
+    assert sum(c["share"] for c in line["creators"]) + line["unattributed"] == pytest.approx(1.0, abs=1e-6)
