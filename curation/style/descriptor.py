@@ -173,6 +173,10 @@ def descriptor_name(config: StyleConfig) -> str:
     """
     if config.backend not in BACKENDS:
         raise ValueError(f"unknown style backend {config.backend!r}; expected one of {', '.join(BACKENDS)}")
+    if config.backend == "open_nsfw_gram" and (config.weights or config.model):
+        # weights without a backend that reads them would silently give the bundled CNN's descriptors
+        raise ValueError(f"style weights {config.weights or config.model!r} given with the bundled backend "
+                         "'open_nsfw_gram', unused there: set style_embeddings.backend to 'clip' or 'csd'")
     if config.backend == "csd":
         from curation.style.backends import weights_id
 

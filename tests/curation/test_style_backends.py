@@ -183,9 +183,11 @@ def test_weights_that_do_not_fill_the_model_are_refused(tmp_path, weights):
         load_style_embedder(StyleConfig(backend="clip", weights=str(ckpt), model="ViT-B-32"))
 
 
-def test_unknown_backend_is_refused():
+def test_unknown_backend_and_weights_without_their_backend_are_refused(weights):
     with pytest.raises(ValueError, match="unknown style backend 'vgg'"):
         load_style_embedder(StyleConfig(backend="vgg"))
+    with pytest.raises(ValueError, match="set style_embeddings.backend"):  # never the default CNN by omission
+        descriptor_name(StyleConfig(weights=str(weights["csd"])))
 
 
 def test_clip_blocks_sit_at_thirds_of_the_depth():
