@@ -56,6 +56,21 @@ class StyleEmbeddingsConfig(dg.Config):
                            threads=max(1, int(self.num_cpus_per_actor)))
 
 
+def style_config_hash(style_config: StyleConfig) -> str:
+    """The stage's config hash. A production backend's covers its descriptor name, i.e. the weights' hash (new
+    weights at the same path recompute every part; another path to the same files or another device does not); the
+    default backend hashes the fields it always had, so parts stored before the backends existed are reused.
+
+    Raises:
+        ValueError, FileNotFoundError: the configured weights are missing or unreadable (named).
+    """
+    descriptor = descriptor_name(style_config)
+    identity: dict = {k: v for k, v in asdict(style_config).items() if k not in ("weights", "model", "device")}
+    if style_config.backend != "open_nsfw_gram":
+        identity |= {"descriptor": descriptor}
+    return stage_hash({"config": identity, "code": STYLE_CODE_VERSION})
+
+
 def style_process(extractor: StyleExtractor, store: TableStore, payload: str) -> UnitOutput:
     """Worker body: style descriptors of one `source_images` part."""
     stats = ReadStats()
@@ -88,14 +103,7 @@ def style_embeddings(context: dg.AssetExecutionContext, config: StyleEmbeddingsC
     partition = context.partition_key
     store = storage.store()
     style_config = config.to_style_config(models)
-    # the descriptor name hashes the weights: checked here, before any actor starts, and part of the config hash of
-    # the production backends (new weights at the same path recompute every part; the path and device do not); the
-    # default backend hashes the fields it always had, so parts stored before the backends existed are reused
-    descriptor = descriptor_name(style_config)
-    identity: dict = {k: v for k, v in asdict(style_config).items() if k not in ("weights", "model", "device")}
-    if style_config.backend != "open_nsfw_gram":
-        identity |= {"model": style_config.model, "descriptor": descriptor}
-    chash = stage_hash({"config": identity, "code": STYLE_CODE_VERSION})
+    chash = style_config_hash(style_config)  # hashes the weights: a missing path fails here, before any actor
     stage = PartStage(ASSET, partition, STYLE_CODE_VERSION, chash, process=style_process,
                       setup=partial(setup_model, StyleExtractor, style_config),
                       resources=StageResources(num_cpus=config.num_cpus_per_actor, num_gpus=config.num_gpus_per_actor,

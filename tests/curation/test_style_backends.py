@@ -219,3 +219,48 @@ def test_attribute_answers_a_csd_index_given_its_weights_and_refuses_others(tmp_
     [line] = attribute_files(str(tmp_path / "storage"), [str(query)], style_weights=str(weights["csd"]))
     assert line["descriptor"] == embedder.name
     assert sum(c["share"] for c in line["creators"]) + line["unattributed"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_open_clip_checkpoint_file_with_its_architecture_matches_the_directory(tmp_path, weights):
+    import open_clip
+
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    (arch / "atelier-test-tiny-vit.json").write_text(json.dumps({"embed_dim": 16, "vision_cfg": TINY_VISION,
+                                                                 "text_cfg": TINY_TEXT}))
+    open_clip.add_model_config(arch)
+    ckpt = tmp_path / "tiny.safetensors"
+    ckpt.write_bytes((weights["open_clip"] / "open_clip_model.safetensors").read_bytes())
+    from_file = load_style_embedder(_config("clip", ckpt, model="atelier-test-tiny-vit"))
+    from_dir = load_style_embedder(_config("clip", weights["open_clip"]))
+    np.testing.assert_allclose(from_file.embed(images())[0], from_dir.embed(images())[0], atol=1e-5)
+    # the architecture a file is read with is part of its identity (QuickGELU vs GELU share weight shapes)
+    assert from_file.name != descriptor_name(_config("clip", ckpt, model="other-arch"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend,key", [("clip", "open_clip"), ("clip", "hf"), ("csd", "csd")])
+def test_cuda_gives_the_cpu_descriptors(weights, backend, key):
+    cpu = load_style_embedder(_config(backend, weights[key]))
+    gpu = load_style_embedder(_config(backend, weights[key], device="cuda"))
+    assert gpu.name == cpu.name
+    np.testing.assert_allclose(gpu.embed(images())[0], cpu.embed(images())[0], atol=1e-3)
+
+
+def test_asset_config_maps_backend_and_weights_and_keeps_the_default_hash(tmp_path, weights):
+    from assets.style_embeddings import StyleEmbeddingsConfig, style_config_hash
+    from orchestration.resources import ModelSettings
+
+    models = ModelSettings(weights_dir=str(tmp_path))
+    config = StyleEmbeddingsConfig(backend="csd", weights="csd/checkpoint.pth", num_gpus_per_actor=1.0)
+    style = config.to_style_config(models)
+    assert style.backend == "csd" and style.weights == str(tmp_path / "csd" / "checkpoint.pth")
+    assert style.device == "cuda"  # 'auto' follows the GPUs the actors declare
+    default = StyleEmbeddingsConfig().to_style_config()
+    assert default == StyleConfig(threads=1)
+    # the stage hash main had before the backends existed: parts stored then are reused
+    assert style_config_hash(default) == "42d211d917b11b5f"
+    csd_a, csd_b = (style_config_hash(_config("csd", weights[k])) for k in ("csd", "csd_b"))
+    assert csd_a != csd_b and csd_a == style_config_hash(_config("csd", weights["csd"], device="cuda"))
+    with pytest.raises(FileNotFoundError, match="csd.*checkpoint.pth"):
+        style_config_hash(style)
