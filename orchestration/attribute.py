@@ -29,11 +29,17 @@ def image_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def attribute_files(storage: str, paths: list[str], top: int = 5) -> list[dict[str, Any]]:
+def attribute_files(storage: str, paths: list[str], top: int = 5, style_weights: str | None = None,
+                    style_model: str = "") -> list[dict[str, Any]]:
     """Attribution of each file against the storage's creator index (errors are reported per file).
 
+    Args:
+        style_weights: the local weights of a `clip` / `csd` index's descriptor (its name holds only their hash;
+            relative paths resolve under `ATELIER_WEIGHTS_DIR`), and `style_model` the open_clip architecture of a
+            `clip` checkpoint file. Unused by the bundled default.
+
     Raises:
-        SystemExit: no creator index under `storage`.
+        SystemExit: no creator index under `storage`, or style weights missing or not the index's.
     """
     from assets.creator_style_index import load_creator_index
     from curation.features import EMBED_SIDE, _reduce
@@ -44,7 +50,15 @@ def attribute_files(storage: str, paths: list[str], top: int = 5) -> list[dict[s
     index = load_creator_index(TableStore(storage))
     if index is None:
         raise SystemExit(f"no creator index under {storage}: run `curate run --select '*creator_style_index'` first")
-    embedder = load_style_embedder(config_from_name(index.descriptor, batch_size=1))
+    if style_weights:
+        from orchestration.resources import ModelSettings
+
+        style_weights = ModelSettings().resolve(style_weights)
+    try:
+        config = config_from_name(index.descriptor, weights=style_weights, model=style_model, batch_size=1)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"creator index under {storage}: {exc}") from exc
+    embedder = load_style_embedder(config)
     version = index.version()
     results = []
     for path in image_paths(paths):
@@ -64,7 +78,7 @@ def attribute_files(storage: str, paths: list[str], top: int = 5) -> list[dict[s
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     """The subcommand: JSON lines (`--json`) or one readable line per image."""
-    results = attribute_files(args.storage, args.images, args.top)
+    results = attribute_files(args.storage, args.images, args.top, args.style_weights, args.style_model)
     for r in results:
         if args.json or "error" in r:
             print(json.dumps(r, ensure_ascii=False), file=sys.stdout if "error" not in r else sys.stderr)
@@ -83,4 +97,8 @@ def add_parser(sub) -> None:
     p.add_argument("--storage", default=os.environ.get("ATELIER_STORAGE", "data"), help="storage root (dir/URI)")
     p.add_argument("--top", type=int, default=5, help="creators that compete for the shares (default 5)")
     p.add_argument("--json", action="store_true", help="JSON lines (the royalties-ledger input)")
+    p.add_argument("--style-weights", default=os.environ.get("ATELIER_STYLE_WEIGHTS"), metavar="PATH",
+                   help="weights of a clip/csd style index (its descriptor names only their hash)")
+    p.add_argument("--style-model", default="", metavar="ARCH",
+                   help="open_clip architecture of a clip checkpoint file (e.g. ViT-L-14-quickgelu)")
     p.set_defaults(func=cmd_attribute)

@@ -32,9 +32,18 @@ class StyleConfig:
     """How style descriptors are computed."""
 
     backend: str = "open_nsfw_gram"
-    """`open_nsfw_gram` (the bundled CNN); the only backend so far."""
+    """`open_nsfw_gram` (the bundled CNN, the default), `clip` (a CLIP ViT from local weights) or `csd` (CSD's
+    style head from a local checkpoint); see `curation.style.backends`."""
+    weights: str | None = None
+    """Local weights of `clip` / `csd`: a checkpoint file or a model directory (required by them, unused by
+    `open_nsfw_gram`). Their hash is part of the descriptor name."""
+    model: str = ""
+    """open_clip architecture a `clip` checkpoint *file* is read with (e.g. `ViT-L-14-quickgelu` for OpenAI's
+    weights); a directory carries its own config."""
+    device: str = "cpu"
+    """`cpu` or `cuda` (`clip` / `csd`)."""
     dim: int = 256
-    """Length of the stored descriptor."""
+    """Length of the stored descriptor (`open_nsfw_gram`, `clip`; `csd` stores its style head's width)."""
     gram_channels: int = 32
     """Channels each layer is reduced to before its covariance (r*(r+1)/2 entries per layer)."""
     seed: int = 20261202
@@ -147,26 +156,90 @@ class OpenNsfwStyleEmbedder:
         return np.concatenate(styles), np.concatenate(contents)
 
 
+BACKENDS = ("open_nsfw_gram", "clip", "csd")
+"""The style backends `load_style_embedder` builds."""
+
+
 def descriptor_name(config: StyleConfig) -> str:
-    """The identity of the descriptors a configuration computes (stored with every row and index)."""
-    return f"{config.backend}/{STYLE_CODE_VERSION}/d{config.dim}-r{config.gram_channels}-s{config.seed}"
+    """The identity of the descriptors a configuration computes (stored with every row and index).
 
-
-def config_from_name(name: str, **runtime) -> StyleConfig:
-    """The configuration that computes descriptors named `name` (plus runtime settings: threads, batch size).
+    `open_nsfw_gram/style-1/d256-r32-s20261202` (unchanged since STYLE_CODE_VERSION `style-1`);
+    `clip/style-1/d256-r32-s20261202-w<12 hex>`; `csd/style-1/w<12 hex>`, the hex digits hashing the weights
+    (`curation.style.backends.weights_id`: reading a ViT-L checkpoint takes seconds, cached per process).
 
     Raises:
-        ValueError: a name of another code version or backend (its descriptors cannot be reproduced here).
+        ValueError: an unknown backend, or a production backend without readable weights (named).
+        FileNotFoundError: its weights path does not exist.
     """
-    match = re.fullmatch(r"([a-z_]+)/([\w.-]+)/d(\d+)-r(\d+)-s(\d+)", name)
-    if not match or match.group(2) != STYLE_CODE_VERSION:
-        raise ValueError(f"style descriptor {name!r} is not one this code computes ({STYLE_CODE_VERSION})")
-    backend, _, dim, r, seed = match.groups()
-    return StyleConfig(backend=backend, dim=int(dim), gram_channels=int(r), seed=int(seed), **runtime)
+    if config.backend not in BACKENDS:
+        raise ValueError(f"unknown style backend {config.backend!r}; expected one of {', '.join(BACKENDS)}")
+    if config.backend == "open_nsfw_gram" and (config.weights or config.model):
+        # weights without a backend that reads them would silently give the bundled CNN's descriptors
+        raise ValueError(f"style weights {config.weights or config.model!r} given with the bundled backend "
+                         "'open_nsfw_gram', unused there: set style_embeddings.backend to 'clip' or 'csd'")
+    if config.backend == "csd":
+        from curation.style.backends import weights_id
+
+        return f"csd/{STYLE_CODE_VERSION}/w{weights_id(config)}"
+    name = f"{config.backend}/{STYLE_CODE_VERSION}/d{config.dim}-r{config.gram_channels}-s{config.seed}"
+    if config.backend == "clip":
+        from curation.style.backends import weights_id
+
+        name += f"-w{weights_id(config)}"
+    return name
 
 
-def load_style_embedder(config: StyleConfig) -> OpenNsfwStyleEmbedder:
-    """Build the configured backend (once per Ray actor)."""
+_NAME = re.compile(r"([a-z_]+)/([\w.-]+)/(?:d(\d+)-r(\d+)-s(\d+))?(?:-?w([0-9a-f]{12}))?")
+
+
+def config_from_name(name: str, weights: str | None = None, model: str = "", **runtime) -> StyleConfig:
+    """The configuration that computes descriptors named `name` (plus runtime settings: threads, batch size, device).
+
+    A name of `clip` or `csd` records only a hash of its weights: `weights` (and, for a `clip` checkpoint file,
+    `model`) must name weights with that hash.
+
+    Raises:
+        ValueError: a name of another code version or an unknown backend (its descriptors cannot be reproduced
+            here), a production name without `weights`, or weights whose hash differs from the name's.
+        FileNotFoundError: `weights` does not exist.
+    """
+    match = _NAME.fullmatch(name)
+    if not match or match.group(2) != STYLE_CODE_VERSION or match.group(1) not in BACKENDS:
+        raise ValueError(f"style descriptor {name!r} is not one this code computes ({STYLE_CODE_VERSION}; "
+                         f"backends {', '.join(BACKENDS)})")
+    backend, _, dim, r, seed, digest = match.groups()
+    if (backend == "csd") != (dim is None) or (backend == "open_nsfw_gram") != (digest is None):
+        raise ValueError(f"style descriptor {name!r} is malformed for backend {backend!r}")
+    shape = {} if dim is None else {"dim": int(dim), "gram_channels": int(r), "seed": int(seed)}
+    if backend == "open_nsfw_gram":
+        return StyleConfig(backend=backend, **shape, **runtime)
+    if not weights:
+        raise ValueError(f"style descriptor {name!r} was computed from {backend} weights with hash {digest}: give "
+                         "their local path (`curate attribute --style-weights PATH`, style_embeddings.weights)")
+    config = StyleConfig(backend=backend, weights=weights, model=model, **shape, **runtime)
+    found = descriptor_name(config)
+    if found != name:
+        raise ValueError(f"style weights {weights} (backend {backend}) give descriptor {found!r}, not {name!r}: "
+                         "they are not the weights the index was built with")
+    return config
+
+
+def load_style_embedder(config: StyleConfig):
+    """Build the configured backend (once per Ray actor): an object with `name`, `dim` and
+    `embed(images) -> (style [n, dim], content [n, d])`, both L2-normalised float32.
+
+    Raises:
+        ValueError: an unknown backend; for `clip` / `csd`, weights missing, unreadable or not filling the model.
+        FileNotFoundError: the weights path does not exist.
+    """
     if config.backend == "open_nsfw_gram":
         return OpenNsfwStyleEmbedder(config)
-    raise ValueError(f"unknown style backend {config.backend!r}; expected 'open_nsfw_gram'")
+    if config.backend == "clip":
+        from curation.style.backends import ClipStyleEmbedder
+
+        return ClipStyleEmbedder(config)
+    if config.backend == "csd":
+        from curation.style.backends import CsdStyleEmbedder
+
+        return CsdStyleEmbedder(config)
+    raise ValueError(f"unknown style backend {config.backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -50,6 +50,7 @@ def _error(tmp_path, capsys, text: str, *extra: str) -> str:
     ("assets:\n  captions:\n    backend: opnai\n",
      "'opnai' is not one of grounded, transformers, openai; did you mean 'openai'?"),
     ("assets:\n  dit_checkpoint:\n    model_size: XXL\n", "'XXL' is not one of"),
+    ("assets:\n  style_embeddings:\n    backend: cds\n", "'cds' is not one of open_nsfw_gram, clip, csd"),
     ("ray: {num_cpu: 2}\n", "unknown field 'num_cpu' of ray; did you mean 'num_cpus'?"),
     ("ray: {num_cpus: 0}\n", "ray.num_cpus: 0 is not a whole number >= 1"),
     ("- a list\n", "expected a mapping with 'assets' and 'ray', found list"),
