@@ -167,7 +167,7 @@ RULES: dict[str, dict[str, Range | Choice]] = {
                        "batch_size": COUNT, "num_cpus_per_actor": CPUS, "num_gpus_per_actor": NONNEG},
     "exclusion_signals": {"nsfw_threshold": SHARE, "max_small_text": SHARE, "stages": COUNT, "max_aspect": Range(1),
                           "max_border_fraction": SHARE, "max_blockiness": POSITIVE, "min_blocking_excess": NONNEG,
-                          "max_detail_loss": SHARE},
+                          "max_detail_loss": SHARE, "num_cpus_per_actor": CPUS},
     # -1 disables a pHash test; a cosine above 1 disables the semantic one
     "deduplicated_images": {"phash_threshold": Range(-1, 64), "rotated_threshold": Range(-1, 64),
                             "semantic_threshold": POSITIVE, "exact_search_max": COUNT, "ivf_nprobe": COUNT,
